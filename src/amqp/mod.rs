@@ -1,0 +1,74 @@
+//! The AMQP side: connections, channels, topology and the message codec.
+//!
+//! Everything that speaks AMQP lives here or in [`crate::bus`]; transports
+//! never touch lapin.
+
+pub mod codec;
+mod pool;
+pub mod topology;
+
+pub use pool::{Pool, Role};
+
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::ErrorKind;
+
+use crate::error::Error;
+
+/// A broker URI with its password replaced by `***`, safe for logs and errors.
+pub fn mask(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        // Not a URL at all: show only the scheme-ish prefix.
+        Err(_) => uri.split('@').next_back().unwrap_or("").to_string(),
+    }
+}
+
+/// The bus error for a lapin error: soft (channel) errors keep their AMQP
+/// meaning, everything else means the broker is not usable right now.
+pub fn classify(error: &lapin::Error) -> Error {
+    match error.kind() {
+        ErrorKind::ProtocolError(e) => {
+            let text = e.get_message().as_str().to_owned();
+            match e.kind() {
+                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Error::NotFound(text),
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Error::PermissionDenied(text),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => {
+                    Error::FailedPrecondition(text)
+                }
+                AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE) => {
+                    Error::InvalidArgument(text)
+                }
+                _ => Error::unavailable(text),
+            }
+        }
+        ErrorKind::ChannelsLimitReached => {
+            Error::LimitReached("the broker's channel limit on this connection is reached".into())
+        }
+        _ => Error::unavailable(error.to_string()),
+    }
+}
+
+/// Whether a lapin error closed the channel because of what was sent on it
+/// (a soft error), as opposed to the connection going away.
+pub fn is_channel_error(error: &lapin::Error) -> bool {
+    error.is_amqp_soft_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn passwords_never_show() {
+        let masked = mask("amqp://user:s3cret@host:5672/%2f");
+        assert!(!masked.contains("s3cret"), "{masked}");
+        assert!(masked.contains("user:***@host"), "{masked}");
+        assert!(!mask("amqp://user:s3cret@host:bad-port").contains("s3cret"));
+        assert_eq!(mask("amqp://host/%2f"), "amqp://host/%2f");
+    }
+}

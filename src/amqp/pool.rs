@@ -1,0 +1,285 @@
+//! A pool of AMQP connections for one role, each kept alive by a supervisor.
+//!
+//! Publishing and consuming use separate pools: the broker throttles
+//! publishing connections under memory or disk alarms, and consumers on them
+//! would stall too. Each connection has a supervisor task that connects
+//! (trying the configured URLs in order, with exponential backoff and jitter),
+//! publishes the live connection on a `watch` channel, and starts over when
+//! the connection dies.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// What a pool's connections are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Publishing (publishers, RPC requests, replies).
+    Publish,
+    /// Consuming (subscriptions).
+    Consume,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Publish => "publish",
+            Role::Consume => "consume",
+        }
+    }
+}
+
+type Slot = watch::Receiver<Option<Arc<Connection>>>;
+
+/// Connections of one role, spread round-robin.
+pub struct Pool {
+    role: Role,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    operation_timeout: Duration,
+    close: CancellationToken,
+    metrics: Metrics,
+}
+
+impl Pool {
+    /// Starts `amqp.pool_size` supervised connections. Returns at once; use
+    /// [`Pool::wait_connected`] to wait for the broker.
+    pub fn start(role: Role, amqp: &config::Amqp, metrics: Metrics) -> Arc<Self> {
+        let close = CancellationToken::new();
+        let slots = (0..amqp.pool_size)
+            .map(|index| {
+                let (tx, rx) = watch::channel(None);
+                let supervisor = Supervisor {
+                    name: format!("{}-{}-{index}", amqp.connection_name, role.as_str()),
+                    urls: amqp.urls(),
+                    heartbeat: amqp.heartbeat,
+                    connect_timeout: amqp.connect_timeout,
+                    tx,
+                    close: close.clone(),
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(supervisor.run());
+                rx
+            })
+            .collect();
+        Arc::new(Self {
+            role,
+            slots,
+            next: AtomicUsize::new(0),
+            operation_timeout: amqp.operation_timeout,
+            close,
+            metrics,
+        })
+    }
+
+    /// The role of this pool.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether every connection of the pool is up.
+    pub fn is_connected(&self) -> bool {
+        self.slots.iter().all(|slot| {
+            slot.borrow()
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+        })
+    }
+
+    /// Waits until every connection is up, without limit (cancel by dropping).
+    pub async fn wait_connected(&self) {
+        for slot in &self.slots {
+            let mut slot = slot.clone();
+            let _ = slot
+                .wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+                .await;
+        }
+    }
+
+    /// A live connection, the next in turn; waits for a reconnect at most
+    /// `amqp.operation_timeout`.
+    pub async fn connection(&self) -> Result<Arc<Connection>, Error> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[(start + i) % self.slots.len()];
+            if let Some(c) = slot.borrow().as_ref().filter(|c| c.status().connected()) {
+                return Ok(c.clone());
+            }
+        }
+        let mut slot = self.slots[start % self.slots.len()].clone();
+        let wait = async {
+            slot.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+                .await
+                .ok()
+                .and_then(|c| c.clone())
+        };
+        match tokio::time::timeout(self.operation_timeout, wait).await {
+            Ok(Some(c)) => Ok(c),
+            _ => Err(Error::unavailable("not connected to the broker")),
+        }
+    }
+
+    /// Opens a channel on the next live connection.
+    pub async fn open_channel(&self) -> Result<Channel, Error> {
+        let connection = self.connection().await?;
+        let channel = tokio::time::timeout(self.operation_timeout, connection.create_channel())
+            .await
+            .map_err(|_| Error::unavailable("the broker did not open a channel in time"))?
+            .map_err(|e| crate::amqp::classify(&e))?;
+        self.metrics.amqp_channels.inc();
+        Ok(channel)
+    }
+
+    /// Closes a channel (best effort, bounded by the operation timeout).
+    pub async fn close_channel(&self, channel: &Channel) {
+        self.metrics.amqp_channels.dec();
+        if channel.status().connected() {
+            let close = channel.close(200, "closed by warren".into());
+            let _ = tokio::time::timeout(self.operation_timeout, close).await;
+        }
+    }
+
+    /// The user name the broker authenticated, once connected.
+    pub fn username(&self) -> Option<String> {
+        self.slots
+            .iter()
+            .find_map(|slot| slot.borrow().as_ref().map(|c| c.status().username()))
+    }
+
+    /// Closes every connection and stops reconnecting.
+    pub async fn close(&self) {
+        self.close.cancel();
+        for slot in &self.slots {
+            let mut slot = slot.clone();
+            let _ = tokio::time::timeout(self.operation_timeout, slot.wait_for(Option::is_none)).await;
+        }
+    }
+}
+
+/// Keeps one connection alive.
+struct Supervisor {
+    name: String,
+    urls: Vec<String>,
+    heartbeat: u16,
+    connect_timeout: Duration,
+    tx: watch::Sender<Option<Arc<Connection>>>,
+    close: CancellationToken,
+    metrics: Metrics,
+}
+
+/// Backoff between rounds of connection attempts.
+pub(crate) fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = reconnect_backoff();
+        loop {
+            let connected = tokio::select! {
+                _ = self.close.cancelled() => return,
+                c = self.connect_any() => c,
+            };
+            let Some(connection) = connected else {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    _ = self.close.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            };
+            backoff = reconnect_backoff();
+            let connection = Arc::new(connection);
+            self.metrics.amqp_connections.inc();
+            self.tx.send_replace(Some(connection.clone()));
+            let closing = self.watch(&connection).await;
+            self.tx.send_replace(None);
+            self.metrics.amqp_connections.dec();
+            if closing {
+                let _ = tokio::time::timeout(
+                    self.connect_timeout,
+                    connection.close(200, "warren shutting down".into()),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+
+    /// Tries every URL once, in order.
+    async fn connect_any(&self) -> Option<Connection> {
+        for url in &self.urls {
+            let masked = crate::amqp::mask(url);
+            let mut uri: lapin::uri::AMQPUri = match url.parse() {
+                Ok(uri) => uri,
+                Err(_) => continue, // config validation refuses these
+            };
+            if uri.query.heartbeat.is_none() {
+                uri.query.heartbeat = Some(self.heartbeat);
+            }
+            let properties =
+                ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            let connect = Connection::connect_uri(uri, properties);
+            match tokio::time::timeout(self.connect_timeout, connect).await {
+                Ok(Ok(connection)) => {
+                    info!(connection = %self.name, broker = %masked, "connected to the broker");
+                    return Some(connection);
+                }
+                Ok(Err(error)) => {
+                    warn!(connection = %self.name, broker = %masked, %error, "could not connect to the broker")
+                }
+                Err(_) => {
+                    warn!(connection = %self.name, broker = %masked, "timed out connecting to the broker")
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until the connection dies (false) or Warren closes it (true).
+    async fn watch(&self, connection: &Connection) -> bool {
+        let mut events = connection.events_listener();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = self.close.cancelled() => return true,
+                event = events.next() => match event {
+                    // A channel-level (soft) error closes one channel, not the connection.
+                    Some(Event::Error(error)) if !error.is_amqp_soft_error() => {
+                        warn!(connection = %self.name, %error, "lost the broker connection");
+                        return false;
+                    }
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        warn!(connection = %self.name, %reason, "the broker blocked publishing");
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        info!(connection = %self.name, "the broker unblocked publishing");
+                    }
+                    Some(_) => {}
+                    None => return false,
+                },
+                _ = tick.tick() => {
+                    if !connection.status().connected() {
+                        warn!(connection = %self.name, "the broker connection is closed");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The bus core: every operation the transports offer, over AMQP.
+//!
+//! [`Bus`] owns the connection pools, the publishers and the topology. The
+//! gRPC and HTTP layers turn requests into calls on it and its [`Error`]s into
+//! status codes; nothing else in them knows about AMQP.
+
+mod exchanges;
+mod publisher;
+mod publishers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::amqp::{self, topology, Pool, Role};
+use crate::config::Config;
+use crate::error::Error;
+use crate::message::{check_short, Message};
+use crate::metrics::{outcome, Metrics};
+
+use exchanges::Exchanges;
+pub use publishers::Handle as PublisherHandle;
+use publishers::Publishers;
+
+/// A message to publish and where to.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    /// `""` is the default exchange.
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// The message.
+    pub message: Message,
+    /// Return (and fail) the message when no queue is bound for it.
+    pub mandatory: bool,
+}
+
+/// A publish the broker confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The id the message was published with.
+    pub message_id: String,
+}
+
+/// A pending publish: resolves once the broker confirmed (or refused) it.
+pub type Pending = oneshot::Receiver<Result<Confirmed, Error>>;
+
+/// The `warren_publish_total` outcome for a failed publish.
+fn outcome_of(error: &Error) -> &'static str {
+    match error {
+        Error::Unroutable { .. } => outcome::UNROUTABLE,
+        Error::NotFound(_) => outcome::NOT_FOUND,
+        Error::Nacked => outcome::NACKED,
+        Error::InvalidArgument(_) | Error::TooLarge { .. } | Error::FailedPrecondition(_) | Error::PermissionDenied(_) => {
+            outcome::INVALID
+        }
+        _ => outcome::UNAVAILABLE,
+    }
+}
+
+/// The bus core. One per process; share it behind an `Arc`.
+pub struct Bus {
+    config: Arc<Config>,
+    metrics: Metrics,
+    publish_pool: Arc<Pool>,
+    consume_pool: Arc<Pool>,
+    exchanges: Arc<Exchanges>,
+    publishers: Arc<Publishers>,
+    shutdown: CancellationToken,
+    closing: AtomicBool,
+    topology_declared: AtomicBool,
+}
+
+impl Bus {
+    /// Starts the connection pools (connecting in the background) and the
+    /// shared publishers.
+    pub fn start(config: Arc<Config>, metrics: Metrics) -> Arc<Self> {
+        let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
+        let consume_pool = Pool::start(Role::Consume, &config.amqp, metrics.clone());
+        let exchanges = Arc::new(Exchanges::new(
+            publish_pool.clone(),
+            config.publish.exchange_cache_ttl,
+            config.amqp.operation_timeout,
+        ));
+        let shutdown = CancellationToken::new();
+        let ctx = publisher::Context {
+            pool: publish_pool.clone(),
+            exchanges: exchanges.clone(),
+            metrics: metrics.clone(),
+            max_in_flight: config.publish.max_in_flight,
+            confirm_timeout: config.publish.confirm_timeout,
+        };
+        let publishers = Publishers::new(
+            ctx,
+            config.amqp.max_channels,
+            config.amqp.shared_publishers,
+            config.amqp.idle_timeout,
+            shutdown.clone(),
+        );
+        Arc::new(Self {
+            config,
+            metrics,
+            publish_pool,
+            consume_pool,
+            exchanges,
+            publishers,
+            shutdown,
+            closing: AtomicBool::new(false),
+            topology_declared: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration the bus runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics the bus records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Waits for the broker, then declares the configured topology. A refusal
+    /// is returned (and should stop start-up).
+    pub async fn declare_topology(&self) -> Result<(), topology::Refused> {
+        self.publish_pool.wait_connected().await;
+        let refused = |reason: String| topology::Refused {
+            what: "the topology".into(),
+            reason,
+        };
+        let channel = self
+            .publish_pool
+            .open_channel()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let result = topology::declare(&channel, &self.config.topology).await;
+        self.publish_pool.close_channel(&channel).await;
+        result?;
+        self.topology_declared.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether Warren can serve: connected to the broker, topology declared,
+    /// not shutting down.
+    pub fn is_ready(&self) -> bool {
+        let up = self.publish_pool.is_connected() && self.consume_pool.is_connected();
+        self.metrics.broker_up.set(i64::from(up));
+        up && self.topology_declared.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
+    }
+
+    /// The publisher for a unary publish: the one named, else a shared one.
+    pub fn publisher(&self, name: Option<&str>) -> Result<PublisherHandle, Error> {
+        match name {
+            Some(name) => {
+                if name.is_empty() || name.len() > 128 {
+                    return Err(Error::InvalidArgument(
+                        "a publisher name must be 1 to 128 bytes".into(),
+                    ));
+                }
+                self.publishers.named(name)
+            }
+            None => Ok(self.publishers.shared()),
+        }
+    }
+
+    /// A publisher of its own, for one publish stream; it closes its channel
+    /// once the handle is dropped and its messages are settled.
+    pub fn session(&self) -> Result<PublisherHandle, Error> {
+        self.check_open()?;
+        self.publishers.dedicated()
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Validates `publish` and queues it on `publisher`, in call order.
+    /// The returned future resolves with the broker's verdict.
+    pub async fn submit(&self, publisher: &PublisherHandle, publish: Publish) -> Result<Pending, Error> {
+        let started = Instant::now();
+        let result = self.prepare(publish).await;
+        let publish = result.inspect_err(|e| self.metrics.publish(outcome_of(e)))?;
+        let (reply, pending) = oneshot::channel();
+        let command = publisher::Command {
+            publish,
+            started,
+            reply,
+        };
+        if publisher.0.send(command).await.is_err() {
+            self.metrics.publish(outcome::UNAVAILABLE);
+            return Err(Error::ShuttingDown);
+        }
+        Ok(pending)
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(&self, publisher: &PublisherHandle, publish: Publish) -> Result<Confirmed, Error> {
+        let pending = self.submit(publisher, publish).await?;
+        pending.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    async fn prepare(&self, mut publish: Publish) -> Result<Publish, Error> {
+        self.check_open()?;
+        check_short("exchange", &publish.exchange)?;
+        check_short("routing_key", &publish.routing_key)?;
+        publish.message.validate(self.config.publish.max_body_bytes)?;
+        if !publish.message.user_id.is_empty() {
+            // The broker closes the channel on a user_id that is not the
+            // connection's user: refuse it here instead.
+            let user = self.publish_pool.username();
+            if user.as_deref() != Some(publish.message.user_id.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "user_id must be empty or the broker user Warren connects as ({})",
+                    user.unwrap_or_default()
+                )));
+            }
+        }
+        publish.message.ensure_id();
+        self.exchanges.check(&publish.exchange).await?;
+        Ok(publish)
+    }
+
+    /// Graceful stop: refuse new work, let publishers settle what they hold
+    /// (their confirms), close channels and connections.
+    pub async fn shutdown(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.shutdown.cancel();
+        info!("draining publishers");
+        self.publishers.drained().await;
+        self.publish_pool.close().await;
+        self.consume_pool.close().await;
+        self.metrics.broker_up.set(0);
+        info!("bus closed");
+    }
+
+    /// The pool for consumers (subscriptions).
+    pub fn consume_pool(&self) -> &Arc<Pool> {
+        &self.consume_pool
+    }
+
+    /// Whether the masked broker URLs (for logs).
+    pub fn brokers(&self) -> Vec<String> {
+        self.config.amqp.urls().iter().map(|u| amqp::mask(u)).collect()
+    }
+}

@@ -1,0 +1,330 @@
+//! A publisher: one confirm-mode channel, owned by one task.
+//!
+//! The task takes publish commands in order, pipelines them on its channel
+//! (many unconfirmed at once, up to `publish.max_in_flight`) and answers each
+//! when the broker confirms, returns or nacks it. When the broker closes the
+//! channel, the task answers the message that caused it (the exchange named in
+//! the close reason) and republishes, in their original order, the others
+//! that were merely caught in flight, on a fresh channel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Confirmation};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::amqp::{self, codec, Pool};
+use crate::error::Error;
+use crate::metrics::{outcome, Metrics};
+
+use super::exchanges::Exchanges;
+use super::{Confirmed, Publish};
+
+/// How many times a message caught in a channel failure is published in all.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// A queued publish and where its outcome goes.
+pub(super) struct Command {
+    pub publish: Publish,
+    pub started: Instant,
+    pub reply: oneshot::Sender<Result<Confirmed, Error>>,
+}
+
+struct InFlight {
+    command: Command,
+    attempts: u32,
+}
+
+enum Outcome {
+    Confirmed(Confirmation),
+    Failed(lapin::Error),
+    TimedOut,
+}
+
+type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
+
+/// What a publisher task needs from the bus.
+#[derive(Clone)]
+pub(super) struct Context {
+    pub pool: Arc<Pool>,
+    pub exchanges: Arc<Exchanges>,
+    pub metrics: Metrics,
+    pub max_in_flight: usize,
+    pub confirm_timeout: Duration,
+}
+
+/// Starts a publisher task; it runs until every sender of the returned queue
+/// is dropped and its messages are settled.
+pub(super) fn spawn(
+    ctx: Context,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> mpsc::Sender<Command> {
+    let (tx, rx) = mpsc::channel(ctx.max_in_flight.min(1024));
+    let task = Task {
+        ctx,
+        rx,
+        channel: None,
+        generation: 0,
+        next_seq: 0,
+        in_flight: BTreeMap::new(),
+        confirms: FuturesUnordered::new(),
+    };
+    tracker.spawn(async move {
+        task.run(shutdown).await;
+        drop(permit);
+    });
+    tx
+}
+
+struct Task {
+    ctx: Context,
+    rx: mpsc::Receiver<Command>,
+    channel: Option<Channel>,
+    /// Bumped whenever the channel is replaced; older confirms are stale.
+    generation: u64,
+    next_seq: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    confirms: FuturesUnordered<ConfirmFuture>,
+}
+
+impl Task {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut open = true;
+        let mut closing = false;
+        while open || !self.in_flight.is_empty() {
+            let room = self.in_flight.len() < self.ctx.max_in_flight;
+            tokio::select! {
+                biased;
+                // Take no new messages, but settle those already queued.
+                _ = shutdown.cancelled(), if open && !closing => {
+                    self.rx.close();
+                    closing = true;
+                }
+                Some((seq, generation, outcome)) = self.confirms.next(), if !self.confirms.is_empty() => {
+                    self.settle(seq, generation, outcome).await;
+                }
+                command = self.rx.recv(), if open && room => match command {
+                    Some(command) => self.start(command).await,
+                    None => open = false,
+                },
+            }
+        }
+        if let Some(channel) = self.channel.take() {
+            self.ctx.pool.close_channel(&channel).await;
+        }
+    }
+
+    /// A confirm-mode channel, opened on demand.
+    async fn channel(&mut self) -> Result<Channel, Error> {
+        if let Some(channel) = &self.channel {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+            self.drop_channel().await;
+        }
+        let channel = self.ctx.pool.open_channel().await?;
+        let select = channel.confirm_select(ConfirmSelectOptions::default());
+        match tokio::time::timeout(self.ctx.confirm_timeout, select).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.ctx.pool.close_channel(&channel).await;
+                return Err(amqp::classify(&e));
+            }
+            Err(_) => {
+                self.ctx.pool.close_channel(&channel).await;
+                return Err(Error::unavailable("the broker did not enable confirms in time"));
+            }
+        }
+        self.generation += 1;
+        self.channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    async fn drop_channel(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.generation += 1;
+            self.ctx.pool.close_channel(&channel).await;
+        }
+    }
+
+    async fn start(&mut self, command: Command) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = InFlight { command, attempts: 0 };
+        match self.channel().await {
+            Ok(channel) => self.send(seq, entry, &channel),
+            Err(error) => self.finish(entry.command, Err(error)),
+        }
+    }
+
+    /// Puts the message on the wire (on the future's first poll, which
+    /// FuturesUnordered makes in push order) and tracks its confirm.
+    fn send(&mut self, seq: u64, mut entry: InFlight, channel: &Channel) {
+        entry.attempts += 1;
+        let publish = &entry.command.publish;
+        let channel = channel.clone();
+        let exchange = publish.exchange.as_str().into();
+        let routing_key = publish.routing_key.as_str().into();
+        let options = BasicPublishOptions {
+            mandatory: publish.mandatory,
+            immediate: false,
+        };
+        let properties = codec::properties(&publish.message);
+        let body = publish.message.body.clone();
+        let generation = self.generation;
+        let timeout = self.ctx.confirm_timeout;
+        self.confirms.push(
+            async move {
+                let publish = async {
+                    channel
+                        .basic_publish(exchange, routing_key, options, &body, properties)
+                        .await?
+                        .await
+                };
+                let outcome = match tokio::time::timeout(timeout, publish).await {
+                    Ok(Ok(confirmation)) => Outcome::Confirmed(confirmation),
+                    Ok(Err(error)) => Outcome::Failed(error),
+                    Err(_) => Outcome::TimedOut,
+                };
+                (seq, generation, outcome)
+            }
+            .boxed(),
+        );
+        self.in_flight.insert(seq, entry);
+    }
+
+    async fn settle(&mut self, seq: u64, generation: u64, outcome: Outcome) {
+        if generation != self.generation {
+            return; // from a replaced channel: already republished or answered
+        }
+        let Some(entry) = self.in_flight.remove(&seq) else {
+            return;
+        };
+        let publish = &entry.command.publish;
+        let result = match outcome {
+            Outcome::Confirmed(Confirmation::Ack(None)) => Ok(Confirmed {
+                message_id: publish.message.message_id.clone(),
+            }),
+            Outcome::Confirmed(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+                Err(Error::Unroutable {
+                    exchange: publish.exchange.clone(),
+                    routing_key: publish.routing_key.clone(),
+                })
+            }
+            Outcome::Confirmed(Confirmation::Nack(None)) => Err(Error::Nacked),
+            Outcome::Confirmed(Confirmation::NotRequested) => {
+                Err(Error::Internal("channel is not in confirm mode".into()))
+            }
+            Outcome::TimedOut => {
+                // The channel's state is unknown: start afresh for later messages.
+                self.drop_channel().await;
+                Err(Error::unavailable(format!(
+                    "the broker did not confirm the message within {:?}",
+                    self.ctx.confirm_timeout
+                )))
+            }
+            Outcome::Failed(error) => {
+                self.in_flight.insert(seq, entry);
+                return self.recover(error).await;
+            }
+        };
+        self.finish(entry.command, result);
+    }
+
+    /// The channel failed under the messages in flight.
+    async fn recover(&mut self, error: lapin::Error) {
+        // Settle what the broker confirmed before the failure first, so that
+        // those messages are not published twice.
+        while let Some(Some((seq, generation, outcome))) = self.confirms.next().now_or_never() {
+            if matches!(outcome, Outcome::Confirmed(_)) {
+                Box::pin(self.settle(seq, generation, outcome)).await;
+            }
+        }
+        self.drop_channel().await;
+        let culprit = amqp::is_channel_error(&error)
+            .then(|| exchange_in(&error.to_string()))
+            .flatten();
+        warn!(%error, culprit = ?culprit, in_flight = self.in_flight.len(), "publisher channel closed; republishing what it held");
+        let pending = std::mem::take(&mut self.in_flight);
+        let mut retry = Vec::with_capacity(pending.len());
+        for (seq, entry) in pending {
+            let caused_it = culprit.as_deref() == Some(entry.command.publish.exchange.as_str());
+            if caused_it || entry.attempts >= MAX_ATTEMPTS {
+                let e = amqp::classify(&error);
+                if matches!(e, Error::NotFound(_)) {
+                    self.ctx.exchanges.forget(&entry.command.publish.exchange);
+                }
+                self.finish(entry.command, Err(e));
+            } else {
+                retry.push((seq, entry));
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        match self.channel().await {
+            Ok(channel) => {
+                for (seq, entry) in retry {
+                    self.ctx.metrics.retries_total.inc();
+                    debug!(seq, attempt = entry.attempts + 1, "republishing");
+                    self.send(seq, entry, &channel);
+                }
+            }
+            Err(e) => {
+                for (_, entry) in retry {
+                    self.finish(entry.command, Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn finish(&self, command: Command, result: Result<Confirmed, Error>) {
+        let metrics = &self.ctx.metrics;
+        match &result {
+            Ok(_) => {
+                metrics.publish(outcome::CONFIRMED);
+                metrics
+                    .publish_duration
+                    .observe(command.started.elapsed().as_secs_f64());
+            }
+            Err(e) => metrics.publish(super::outcome_of(e)),
+        }
+        // The caller may have gone (deadline, disconnect): nothing to tell.
+        let _ = command.reply.send(result);
+    }
+}
+
+/// The exchange a channel-close reason names: `... exchange 'name' in vhost ...`.
+fn exchange_in(reason: &str) -> Option<String> {
+    let start = reason.find("exchange '")? + "exchange '".len();
+    let rest = &reason[start..];
+    let end = rest.rfind("' in vhost").or_else(|| rest.find('\''))?;
+    Some(rest[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exchange_in;
+
+    #[test]
+    fn finds_the_exchange_in_close_reasons() {
+        assert_eq!(
+            exchange_in("NOT_FOUND - no exchange 'missing.x' in vhost '/'").as_deref(),
+            Some("missing.x")
+        );
+        assert_eq!(
+            exchange_in("ACCESS_REFUSED - cannot publish to internal exchange 'it's' in vhost 'v'").as_deref(),
+            Some("it's")
+        );
+        assert_eq!(exchange_in("PRECONDITION_FAILED - something else"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! Which publisher a publish goes to: a named one, a stream's own, or one of
+//! the shared set; with a cap on how many exist and idle ones closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::publisher::{self, Command, Context};
+use crate::error::Error;
+
+/// A handle on one publisher task; the task ends when all handles are gone.
+#[derive(Clone)]
+pub struct Handle(pub(super) mpsc::Sender<Command>);
+
+struct Named {
+    handle: Handle,
+    last_used: Instant,
+}
+
+/// Every publisher of the bus.
+pub struct Publishers {
+    ctx: Context,
+    permits: Arc<Semaphore>,
+    max_channels: usize,
+    shared: Vec<Handle>,
+    next: AtomicUsize,
+    named: Mutex<HashMap<String, Named>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Publishers {
+    /// The shared set, and room for `max_channels` publishers in all.
+    pub(super) fn new(
+        ctx: Context,
+        max_channels: usize,
+        shared: usize,
+        idle_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let permits = Arc::new(Semaphore::new(max_channels));
+        let tracker = TaskTracker::new();
+        let shared = (0..shared)
+            .map(|_| {
+                let permit = permits.clone().try_acquire_owned().expect("validated: shared < max");
+                Handle(publisher::spawn(ctx.clone(), permit, shutdown.clone(), &tracker))
+            })
+            .collect();
+        let this = Arc::new(Self {
+            ctx,
+            permits,
+            max_channels,
+            shared,
+            next: AtomicUsize::new(0),
+            named: Mutex::new(HashMap::new()),
+            tracker,
+            shutdown,
+        });
+        tokio::spawn(reap(Arc::downgrade(&this), idle_timeout, this.shutdown.clone()));
+        this
+    }
+
+    /// A new publisher of its own (for a publish stream), within the cap.
+    pub fn dedicated(&self) -> Result<Handle, Error> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            Error::LimitReached(format!(
+                "all {} publisher channels are in use (amqp.max_channels)",
+                self.max_channels
+            ))
+        })?;
+        Ok(Handle(publisher::spawn(self.ctx.clone(), permit, self.shutdown.clone(), &self.tracker)))
+    }
+
+
+    /// The publisher named `name`, created on first use.
+    pub fn named(&self, name: &str) -> Result<Handle, Error> {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = named.get_mut(name) {
+            if !entry.handle.0.is_closed() {
+                entry.last_used = Instant::now();
+                return Ok(entry.handle.clone());
+            }
+        }
+        let handle = self.dedicated()?;
+        named.insert(
+            name.to_owned(),
+            Named {
+                handle: handle.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(handle)
+    }
+
+    /// One of the shared publishers, in turn.
+    pub fn shared(&self) -> Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        self.shared[i].clone()
+    }
+
+    /// Waits until every publisher has settled its messages and closed its
+    /// channel (after the shutdown token was cancelled).
+    pub async fn drained(&self) {
+        self.named.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Closes named publishers that have not been used for `idle` (dropping the
+/// handle lets the task finish its messages and close its channel).
+async fn reap(publishers: std::sync::Weak<Publishers>, idle: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(idle / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(publishers) = publishers.upgrade() else { return };
+        let mut named = publishers.named.lock().unwrap_or_else(|e| e.into_inner());
+        named.retain(|_, entry| entry.last_used.elapsed() < idle && !entry.handle.0.is_closed());
+    }
+}

@@ -1,0 +1,172 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn load_env(pairs: &[(&str, &str)]) -> Result<Config, Error> {
+    Config::load_with_env(None, env(pairs))
+}
+
+fn file(text: &str) -> tempfile_path::TempToml {
+    tempfile_path::TempToml::new(text)
+}
+
+/// A TOML file that removes itself.
+mod tempfile_path {
+    pub struct TempToml(pub std::path::PathBuf);
+    impl TempToml {
+        pub fn new(text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("warren-test-{}.toml", uuid::Uuid::new_v4()));
+            let mut f = std::fs::File::create(&path).unwrap();
+            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn message(result: Result<Config, Error>) -> String {
+    result.expect_err("should be refused").to_string()
+}
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = load_env(&[]).unwrap();
+    assert_eq!(c.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(c.http.listen, "127.0.0.1:5680");
+    assert_eq!(c.grpc.listen, "127.0.0.1:5681");
+    assert_eq!(c.amqp.pool_size, 2);
+}
+
+#[test]
+fn the_shipped_config_file_loads_and_equals_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warren.toml");
+    let c = Config::load_with_env(Some(&path), env(&[])).unwrap();
+    let d = load_env(&[]).unwrap();
+    assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/topology.toml");
+    let c = Config::load_with_env(Some(&example), env(&[])).unwrap();
+    assert_eq!(c.topology.queues.len(), 4);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let f = file("[amqp]\nurl = \"amqp://a:b@file-host/%2f\"\npool_size = 3\n");
+    let c = Config::load_with_env(
+        Some(&f.0),
+        env(&[("WARREN__AMQP__URL", "amqp://x:y@env-host/%2f"), ("WARREN__HTTP__LISTEN", "0.0.0.0:9000")]),
+    )
+    .unwrap();
+    assert_eq!(c.amqp.url, "amqp://x:y@env-host/%2f");
+    assert_eq!(c.amqp.pool_size, 3);
+    assert_eq!(c.http.listen, "0.0.0.0:9000");
+}
+
+#[test]
+fn several_urls_are_failover_order() {
+    let c = load_env(&[("WARREN__AMQP__URL", "amqp://a/%2f, amqp://b/%2f")]).unwrap();
+    assert_eq!(c.amqp.urls(), vec!["amqp://a/%2f", "amqp://b/%2f"]);
+}
+
+#[test]
+fn durations_parse_from_env() {
+    let c = load_env(&[("WARREN__PUBLISH__CONFIRM_TIMEOUT", "1500ms")]).unwrap();
+    assert_eq!(c.publish.confirm_timeout, Duration::from_millis(1500));
+    let e = message(load_env(&[("WARREN__PUBLISH__CONFIRM_TIMEOUT", "soon")]));
+    assert!(e.contains("confirm_timeout"), "{e}");
+}
+
+#[test]
+fn a_bad_url_names_the_key_and_hides_the_password() {
+    let e = message(load_env(&[("WARREN__AMQP__URL", "http://u:hunter2@host")]));
+    assert!(e.contains("amqp.url"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = message(load_env(&[("WARREN__AMQP__URL", " , ")]));
+    assert!(e.contains("amqp.url"), "{e}");
+}
+
+#[test]
+fn bad_listen_addresses_name_the_key() {
+    let e = message(load_env(&[("WARREN__HTTP__LISTEN", "localhost")]));
+    assert!(e.contains("http.listen") && e.contains("localhost"), "{e}");
+    let e = message(load_env(&[("WARREN__GRPC__LISTEN", "1.2.3.4:99999")]));
+    assert!(e.contains("grpc.listen"), "{e}");
+}
+
+#[test]
+fn counts_must_be_positive() {
+    for key in ["AMQP__POOL_SIZE", "AMQP__MAX_CHANNELS", "PUBLISH__MAX_BODY_BYTES", "PUBLISH__STREAM_WINDOW"] {
+        let e = message(load_env(&[(&format!("WARREN__{key}"), "0")]));
+        assert!(e.contains(&key.to_lowercase().replace("__", ".")), "{e}");
+    }
+    let e = message(load_env(&[("WARREN__AMQP__POOL_SIZE", "two")]));
+    assert!(e.contains("pool_size"), "{e}");
+}
+
+#[test]
+fn shared_publishers_must_leave_room() {
+    let e = message(load_env(&[("WARREN__AMQP__MAX_CHANNELS", "4")]));
+    assert!(e.contains("amqp.shared_publishers"), "{e}");
+}
+
+#[test]
+fn body_limit_has_a_ceiling() {
+    let e = message(load_env(&[("WARREN__PUBLISH__MAX_BODY_BYTES", "999999999999")]));
+    assert!(e.contains("publish.max_body_bytes"), "{e}");
+}
+
+#[test]
+fn prefetch_bounds() {
+    let e = message(load_env(&[("WARREN__SUBSCRIBE__DEFAULT_PREFETCH", "0")]));
+    assert!(e.contains("subscribe.default_prefetch"), "{e}");
+    let e = message(load_env(&[("WARREN__SUBSCRIBE__MAX_PREFETCH", "10")]));
+    assert!(e.contains("subscribe.default_prefetch"), "{e}");
+}
+
+#[test]
+fn zero_durations_are_refused() {
+    let e = message(load_env(&[("WARREN__AMQP__OPERATION_TIMEOUT", "0s")]));
+    assert!(e.contains("amqp.operation_timeout"), "{e}");
+}
+
+#[test]
+fn log_settings() {
+    let e = message(load_env(&[("WARREN__LOG__FORMAT", "xml")]));
+    assert!(e.contains("format"), "{e}");
+    let e = message(load_env(&[("WARREN__LOG__LEVEL", "warren=[")]));
+    assert!(e.contains("log.level"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let f = file("[amqp]\nurll = \"x\"\n");
+    let e = message(Config::load_with_env(Some(&f.0), env(&[])));
+    assert!(e.contains("urll"), "{e}");
+}
+
+#[test]
+fn topology_rules() {
+    let cases = [
+        ("[[topology.exchanges]]\nname = \"\"\n", "topology.exchanges[0].name"),
+        ("[[topology.exchanges]]\nname = \"amq.mine\"\n", "topology.exchanges[0].name"),
+        ("[[topology.exchanges]]\nname = \"e\"\ntype = \"fan\"\n", "topology.exchanges[0].type"),
+        ("[[topology.queues]]\nname = \"q\"\ntype = \"quorum\"\nauto_delete = true\n", "topology.queues[0].type"),
+        ("[[topology.queues]]\nname = \"q\"\narguments = { \"x-queue-type\" = \"quorum\" }\n", "topology.queues[0].arguments"),
+        ("[[topology.bindings]]\nsource = \"\"\ndestination = \"q\"\n", "topology.bindings[0].source"),
+    ];
+    for (toml, key) in cases {
+        let f = file(toml);
+        let e = message(Config::load_with_env(Some(&f.0), env(&[])));
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+    let long = format!("[[topology.queues]]\nname = \"{}\"\n", "q".repeat(256));
+    let f = file(&long);
+    assert!(message(Config::load_with_env(Some(&f.0), env(&[]))).contains("topology.queues[0].name"));
+}

@@ -1,0 +1,86 @@
+//! The gRPC transport: `warren.v1.Bus`, health and reflection on one port.
+//!
+//! It translates requests into calls on [`crate::bus::Bus`] and bus errors
+//! into status codes; nothing more.
+
+mod convert;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::error::Error;
+use crate::proto::bus_server::BusServer;
+
+pub use service::Service;
+
+/// The encoded descriptors of `proto/`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/warren_descriptor.bin"));
+
+/// The gRPC status for a bus error.
+pub fn status(error: &Error) -> tonic::Status {
+    tonic::Status::new(tonic::Code::from(error.code() as i32), error.to_string())
+}
+
+/// Serves gRPC on `listener` until `shutdown` is cancelled and in-flight
+/// calls are done.
+pub async fn serve(
+    bus: Arc<Bus>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(bus.clone(), health, shutdown.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptors compiled by build.rs are valid");
+    // Room for the largest body plus its properties; bigger requests are
+    // refused by the bus with RESOURCE_EXHAUSTED when within this margin.
+    let max_message = bus.config().publish.max_body_bytes + 1024 * 1024;
+    let service = BusServer::new(Service::new(bus, shutdown.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// Keeps `grpc.health.v1` in step with the broker connection: SERVING for
+/// the whole server ("") and `warren.v1.Bus` only while ready.
+async fn report_health(bus: Arc<Bus>, health: tonic_health::server::HealthReporter, shutdown: CancellationToken) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                health.set_not_serving::<BusServer<Service>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let ready = bus.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status("warren.v1.Bus", status).await;
+            last = Some(ready);
+        }
+    }
+}

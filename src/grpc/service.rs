@@ -1,0 +1,154 @@
+//! `warren.v1.Bus` over the bus core.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, status};
+use crate::bus::{Bus, Confirmed};
+use crate::error::{code, Error};
+use crate::proto;
+
+/// The metadata entry naming the publisher of a unary publish.
+pub const PUBLISHER_METADATA: &str = "x-warren-publisher";
+
+/// The `Bus` service.
+pub struct Service {
+    bus: Arc<Bus>,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    /// A service over `bus`; streams end when `shutdown` is cancelled.
+    pub fn new(bus: Arc<Bus>, shutdown: CancellationToken) -> Self {
+        Self { bus, shutdown }
+    }
+}
+
+fn response(request_id: String, result: Result<Confirmed, Error>) -> proto::PublishResponse {
+    match result {
+        Ok(confirmed) => proto::PublishResponse {
+            request_id,
+            code: code::OK,
+            error: String::new(),
+            message_id: confirmed.message_id,
+        },
+        Err(e) => proto::PublishResponse {
+            request_id,
+            code: e.code(),
+            error: e.to_string(),
+            message_id: String::new(),
+        },
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl proto::bus_server::Bus for Service {
+    async fn publish(
+        &self,
+        request: Request<proto::PublishRequest>,
+    ) -> Result<Response<proto::PublishResponse>, Status> {
+        let name = request
+            .metadata()
+            .get(PUBLISHER_METADATA)
+            .map(|v| v.to_str().map_err(|_| Status::invalid_argument("x-warren-publisher must be ASCII")))
+            .transpose()?
+            .map(str::to_owned);
+        let request = request.into_inner();
+        let request_id = request.request_id.clone();
+        let result = async {
+            let publisher = self.bus.publisher(name.as_deref())?;
+            let publish = convert::publish(request)?;
+            self.bus.publish(&publisher, publish).await
+        }
+        .await;
+        match result {
+            Ok(confirmed) => Ok(Response::new(response(request_id, Ok(confirmed)))),
+            Err(e) => Err(status(&e)),
+        }
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<proto::PublishResponse, Status>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<proto::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let publisher = self.bus.session().map_err(|e| status(&e))?;
+        let window = self.bus.config().publish.stream_window;
+        let (tx, rx) = mpsc::channel(window);
+        let mut input = request.into_inner();
+        let bus = self.bus.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            let mut reading = true;
+            while reading || !pending.is_empty() {
+                let outcome = tokio::select! {
+                    biased;
+                    Some(outcome) = pending.next(), if !pending.is_empty() => outcome,
+                    _ = shutdown.cancelled(), if reading => { reading = false; continue }
+                    next = input.message(), if reading && pending.len() < window => match next {
+                        Ok(Some(request)) => {
+                            let request_id = request.request_id.clone();
+                            let submitted = match convert::publish(request) {
+                                Ok(publish) => bus.submit(&publisher, publish).await,
+                                Err(e) => Err(e),
+                            };
+                            match submitted {
+                                Ok(confirm) => {
+                                    pending.push(async move {
+                                        response(request_id, confirm.await.unwrap_or(Err(Error::ShuttingDown)))
+                                    });
+                                    continue;
+                                }
+                                Err(e) => response(request_id, Err(e)),
+                            }
+                        }
+                        // The client finished sending, or went away.
+                        Ok(None) | Err(_) => { reading = false; continue }
+                    },
+                };
+                if tx.send(Ok(outcome)).await.is_err() {
+                    // The client stopped listening; confirms still settle in
+                    // the publisher, their outcome has nowhere to go.
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SubscribeStream = BoxStream<proto::Delivery>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(status(&Error::Unimplemented("Subscribe")))
+    }
+
+    async fn ack(&self, _request: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+        Err(status(&Error::Unimplemented("Ack")))
+    }
+
+    async fn nack(&self, _request: Request<proto::NackRequest>) -> Result<Response<proto::NackResponse>, Status> {
+        Err(status(&Error::Unimplemented("Nack")))
+    }
+
+    async fn call(&self, _request: Request<proto::CallRequest>) -> Result<Response<proto::CallResponse>, Status> {
+        Err(status(&Error::Unimplemented("Call")))
+    }
+
+    async fn reply(&self, _request: Request<proto::ReplyRequest>) -> Result<Response<proto::ReplyResponse>, Status> {
+        Err(status(&Error::Unimplemented("Reply")))
+    }
+}

@@ -1,0 +1,86 @@
+//! The HTTP transport: JSON and raw publishing, health, readiness, metrics.
+//!
+//! Like the gRPC layer it only translates: requests into bus calls, bus
+//! errors into `application/problem+json` responses.
+
+pub mod body;
+mod problem;
+mod publish;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::error::Error;
+
+pub use problem::Problem;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    /// The bus core.
+    pub bus: Arc<Bus>,
+    /// Cancelled at shutdown: long-lived responses end.
+    pub shutdown: CancellationToken,
+}
+
+/// The routes of the HTTP API.
+pub fn router(state: AppState) -> Router {
+    let later = |what: &'static str| move || async move { Problem(Error::Unimplemented(what)) };
+    Router::new()
+        .route("/v1/publish", post(publish::json))
+        .route("/v1/publish/{exchange}/{routing_key}", post(publish::raw))
+        .route("/v1/subscribe/{queue}", get(later("subscribe")))
+        .route("/v1/ack", post(later("ack")))
+        .route("/v1/nack", post(later("nack")))
+        .route("/v1/call", post(later("call")))
+        .route("/v1/reply", post(later("reply")))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.bus.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        Problem(Error::unavailable("not connected to the broker")).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.bus.is_ready(); // refreshes warren_broker_up
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.bus.metrics().render(),
+    )
+}
+
+async fn not_found() -> Problem {
+    Problem(Error::NotFound("no such endpoint".into()))
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled and open requests
+/// are done.
+pub async fn serve(bus: Arc<Bus>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = router(AppState {
+        bus,
+        shutdown: shutdown.clone(),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,161 @@
+//! `POST /v1/publish` (JSON) and `POST /v1/publish/{exchange}/{routing_key}` (raw).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::body::{self, JsonMessage};
+use super::problem::Problem;
+use super::AppState;
+use crate::bus::Publish;
+use crate::error::Error;
+use crate::message::Message;
+
+/// The header naming the publisher (its own channel) of a publish.
+pub const PUBLISHER_HEADER: &str = "x-warren-publisher";
+
+/// The JSON publish request.
+#[derive(Debug, Deserialize)]
+pub struct PublishJson {
+    #[serde(default)]
+    exchange: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    allow_unroutable: bool,
+    #[serde(default)]
+    request_id: String,
+    #[serde(flatten)]
+    message: JsonMessage,
+}
+
+/// What a confirmed publish answers.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    message_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    request_id: String,
+}
+
+fn publisher_name(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    headers
+        .get(PUBLISHER_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| Error::InvalidArgument("x-warren-publisher must be ASCII".into()))
+        })
+        .transpose()
+}
+
+async fn publish(state: &AppState, headers: &HeaderMap, publish: Publish) -> Result<String, Error> {
+    let publisher = state.bus.publisher(publisher_name(headers)?.as_deref())?;
+    Ok(state.bus.publish(&publisher, publish).await?.message_id)
+}
+
+/// `POST /v1/publish`.
+pub async fn json(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Published>, Problem> {
+    let max = state.bus.config().publish.max_body_bytes;
+    let bytes = body::read(&headers, body, body::json_limit(max)).await?;
+    let request: PublishJson = body::json(&bytes)?;
+    let request_id = request.request_id;
+    let message = request.message.into_message()?;
+    let message_id = publish(
+        &state,
+        &headers,
+        Publish {
+            exchange: request.exchange,
+            routing_key: request.routing_key,
+            message,
+            mandatory: !request.allow_unroutable,
+        },
+    )
+    .await?;
+    Ok(Json(Published { message_id, request_id }))
+}
+
+fn text(headers: &HeaderMap, name: &str) -> Result<String, Error> {
+    match headers.get(name) {
+        None => Ok(String::new()),
+        Some(v) => v
+            .to_str()
+            .map(str::to_owned)
+            .map_err(|_| Error::InvalidArgument(format!("header {name} must be visible ASCII"))),
+    }
+}
+
+fn number<T: std::str::FromStr + Default>(headers: &HeaderMap, name: &str) -> Result<T, Error> {
+    let value = text(headers, name)?;
+    if value.is_empty() {
+        return Ok(T::default());
+    }
+    value
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("header {name}: {value:?} is not a valid number")))
+}
+
+fn flag(headers: &HeaderMap, name: &str) -> Result<bool, Error> {
+    match text(headers, name)?.to_ascii_lowercase().as_str() {
+        "" | "false" | "0" => Ok(false),
+        "true" | "1" => Ok(true),
+        other => Err(Error::InvalidArgument(format!("header {name}: {other:?} is not true or false"))),
+    }
+}
+
+/// Prefix of HTTP headers that become AMQP application headers (as strings).
+pub const HEADER_PREFIX: &str = "x-warren-header-";
+
+fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error> {
+    let mut amqp_headers = serde_json::Map::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix(HEADER_PREFIX) {
+            let value = value
+                .to_str()
+                .map_err(|_| Error::InvalidArgument(format!("header {name} must be visible ASCII")))?;
+            amqp_headers.insert(key.to_owned(), Value::String(value.to_owned()));
+        }
+    }
+    Ok(Message {
+        body,
+        content_type: text(headers, header::CONTENT_TYPE.as_str())?,
+        content_encoding: text(headers, header::CONTENT_ENCODING.as_str())?,
+        headers: amqp_headers,
+        message_id: text(headers, "x-warren-message-id")?,
+        correlation_id: text(headers, "x-warren-correlation-id")?,
+        kind: text(headers, "x-warren-type")?,
+        priority: number(headers, "x-warren-priority")?,
+        expiration_ms: number(headers, "x-warren-expiration-ms")?,
+        timestamp: number(headers, "x-warren-timestamp")?,
+        app_id: text(headers, "x-warren-app-id")?,
+        transient: flag(headers, "x-warren-transient")?,
+        reply_to: text(headers, "x-warren-reply-to")?,
+        user_id: text(headers, "x-warren-user-id")?,
+    })
+}
+
+/// `POST /v1/publish/{exchange}/{routing_key}`: the body as is.
+pub async fn raw(
+    State(state): State<AppState>,
+    Path((exchange, routing_key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Published>, Problem> {
+    let max = state.bus.config().publish.max_body_bytes;
+    let bytes = body::read(&headers, body, max).await?;
+    let message = raw_message(&headers, bytes)?;
+    let exchange = if exchange == "amq.default" { String::new() } else { exchange };
+    let publish_request = Publish {
+        exchange,
+        routing_key,
+        message,
+        mandatory: !flag(&headers, "x-warren-allow-unroutable")?,
+    };
+    let message_id = publish(&state, &headers, publish_request).await?;
+    Ok(Json(Published {
+        message_id,
+        request_id: text(&headers, "x-request-id")?,
+    }))
+}

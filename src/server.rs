@@ -1,0 +1,127 @@
+//! Starting and stopping Warren: listeners, the bus, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::amqp::topology::Refused;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// A running Warren.
+pub struct Server {
+    /// Where HTTP listens (the real port when configured with port 0).
+    pub http_addr: SocketAddr,
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    bus: Arc<Bus>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why Warren could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {key} = {addr}: {source}")]
+    Bind {
+        /// `http.listen` or `grpc.listen`.
+        key: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The broker refused the configured topology.
+    #[error(transparent)]
+    Topology(#[from] Refused),
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        key,
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+impl Server {
+    /// Binds both listeners and starts serving; the bus connects in the
+    /// background. Call [`Server::declare_topology`] next.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let http = bind("http.listen", &config.http.listen).await?;
+        let grpc = bind("grpc.listen", &config.grpc.listen).await?;
+        let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+            key: "http.listen",
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+        let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind {
+            key: "grpc.listen",
+            addr: config.grpc.listen.clone(),
+            source,
+        })?;
+        let bus = Bus::start(Arc::new(config), Metrics::new());
+        let shutdown = CancellationToken::new();
+        info!(http = %http_addr, grpc = %grpc_addr, brokers = ?bus.brokers(), "warren listening");
+        let tasks = vec![
+            tokio::spawn({
+                let (bus, shutdown) = (bus.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = crate::http::serve(bus, http, shutdown).await {
+                        error!(error = %e, "the HTTP server failed");
+                    }
+                }
+            }),
+            tokio::spawn({
+                let (bus, shutdown) = (bus.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = crate::grpc::serve(bus, grpc, shutdown).await {
+                        error!(error = %e, "the gRPC server failed");
+                    }
+                }
+            }),
+        ];
+        Ok(Self {
+            http_addr,
+            grpc_addr,
+            bus,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Waits for the broker and declares the configured topology.
+    pub async fn declare_topology(&self) -> Result<(), StartError> {
+        Ok(self.bus.declare_topology().await?)
+    }
+
+    /// The bus core.
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
+    /// Stops taking new work, finishes what is in flight (confirms), hands
+    /// deliveries back, closes channels and connections; all within
+    /// `shutdown.grace`.
+    pub async fn shutdown(self) {
+        let grace = self.bus.config().shutdown.grace;
+        info!(grace = ?grace, "shutting down");
+        self.shutdown.cancel();
+        let drain = async {
+            self.bus.shutdown().await;
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            warn!("the shutdown grace period ran out; leaving the rest unfinished");
+        }
+        info!("warren stopped");
+    }
+}
