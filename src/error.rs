@@ -151,8 +151,12 @@ impl Error {
     /// How long a client should wait before trying again (HTTP `Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Unavailable { retry_after, .. } => Some(retry_after.unwrap_or(Duration::from_secs(1))),
-            Error::Nacked | Error::ShuttingDown | Error::LimitReached(_) => Some(Duration::from_secs(1)),
+            Error::Unavailable { retry_after, .. } => {
+                Some(retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            Error::Nacked | Error::ShuttingDown | Error::LimitReached(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -167,7 +171,14 @@ mod tests {
         let cases = [
             (Error::InvalidArgument("x".into()), 3, 400),
             (Error::NotFound("x".into()), 5, 404),
-            (Error::Unroutable { exchange: "e".into(), routing_key: "k".into() }, 9, 422),
+            (
+                Error::Unroutable {
+                    exchange: "e".into(),
+                    routing_key: "k".into(),
+                },
+                9,
+                422,
+            ),
             (Error::TooLarge { size: 2, limit: 1 }, 8, 413),
             (Error::LimitReached("x".into()), 8, 429),
             (Error::unavailable("down"), 14, 503),

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         }
     };
     warren::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("warren: cannot start the runtime: {e}");

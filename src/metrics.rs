@@ -64,23 +64,31 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram = |name: &str, help: &str| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             let h = Histogram::with_opts(opts).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let publish_total = counter_vec(
@@ -115,14 +123,20 @@ impl Metrics {
                 "Messages dead-lettered by Warren's retry policy or a nack without requeue.",
             ),
             rpc_duration: histogram("warren_rpc_duration_seconds", "Duration of RPC calls."),
-            retries_total: counter("warren_retries_total", "Retries of publishes and deliveries."),
+            retries_total: counter(
+                "warren_retries_total",
+                "Retries of publishes and deliveries.",
+            ),
             circuit_breaker_state: gauge(
                 "warren_circuit_breaker_state",
                 "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ),
             amqp_connections: gauge("warren_amqp_connections", "Open AMQP connections."),
             amqp_channels: gauge("warren_amqp_channels", "Open AMQP channels."),
-            broker_up: gauge("warren_broker_up", "1 while connected to the broker, else 0."),
+            broker_up: gauge(
+                "warren_broker_up",
+                "1 while connected to the broker, else 0.",
+            ),
             registry,
         }
     }

@@ -43,11 +43,13 @@ pub enum StartError {
 }
 
 async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        key,
-        addr: addr.to_owned(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            key,
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 impl Server {

@@ -93,8 +93,12 @@ pub fn from_amqp(value: &AMQPValue) -> Value {
         AMQPValue::Double(f) => float(*f),
         AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(from_amqp).collect()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(from_amqp).collect())
+        }
         AMQPValue::FieldTable(table) => Value::Object(from_table(table)),
         AMQPValue::ByteArray(bytes) => {
             Value::String(base64::engine::general_purpose::STANDARD.encode(bytes.as_slice()))
@@ -127,7 +131,8 @@ fn short(value: &str) -> Option<ShortString> {
 
 /// The AMQP properties of a message. `message.validate()` has passed.
 pub fn properties(message: &Message) -> BasicProperties {
-    let mut p = BasicProperties::default().with_delivery_mode(if message.transient { 1 } else { 2 });
+    let mut p =
+        BasicProperties::default().with_delivery_mode(if message.transient { 1 } else { 2 });
     if let Some(v) = short(&message.content_type) {
         p = p.with_content_type(v);
     }
@@ -169,7 +174,11 @@ pub fn properties(message: &Message) -> BasicProperties {
 
 /// A message from its body and AMQP properties (as delivered or returned).
 pub fn message(body: bytes::Bytes, p: &BasicProperties) -> Message {
-    let s = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default();
+    let s = |v: &Option<ShortString>| {
+        v.as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default()
+    };
     Message {
         body,
         content_type: s(p.content_type()),

@@ -40,9 +40,7 @@ pub fn classify(error: &lapin::Error) -> Error {
                 | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => {
                     Error::FailedPrecondition(text)
                 }
-                AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE) => {
-                    Error::InvalidArgument(text)
-                }
+                AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE) => Error::InvalidArgument(text),
                 _ => Error::unavailable(text),
             }
         }

@@ -162,7 +162,8 @@ impl Pool {
         self.close.cancel();
         for slot in &self.slots {
             let mut slot = slot.clone();
-            let _ = tokio::time::timeout(self.operation_timeout, slot.wait_for(Option::is_none)).await;
+            let _ =
+                tokio::time::timeout(self.operation_timeout, slot.wait_for(Option::is_none)).await;
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Declares the configured exchanges, queues and bindings.
 
-use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{Map, Value};
@@ -36,7 +38,12 @@ fn exchange_kind(kind: &str) -> ExchangeKind {
 /// Declares everything in `topology` on `channel`, in order: exchanges,
 /// queues, bindings. Stops at the first refusal (the channel is then closed).
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Refused> {
-    let refused = |what: String| move |e: lapin::Error| Refused { what, reason: e.to_string() };
+    let refused = |what: String| {
+        move |e: lapin::Error| Refused {
+            what,
+            reason: e.to_string(),
+        }
+    };
     for e in &topology.exchanges {
         let options = ExchangeDeclareOptions {
             durable: e.durable,
@@ -45,7 +52,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Refus
             ..Default::default()
         };
         channel
-            .exchange_declare(e.name.as_str().into(), exchange_kind(&e.kind), options, arguments(&e.arguments))
+            .exchange_declare(
+                e.name.as_str().into(),
+                exchange_kind(&e.kind),
+                options,
+                arguments(&e.arguments),
+            )
             .await
             .map_err(refused(format!("exchange {:?}", e.name)))?;
     }
@@ -71,11 +83,23 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Refus
         let key = b.routing_key.as_str().into();
         match b.destination_type {
             DestinationKind::Queue => channel
-                .queue_bind(b.destination.as_str().into(), b.source.as_str().into(), key, QueueBindOptions::default(), args)
+                .queue_bind(
+                    b.destination.as_str().into(),
+                    b.source.as_str().into(),
+                    key,
+                    QueueBindOptions::default(),
+                    args,
+                )
                 .await
                 .map_err(refused(what))?,
             DestinationKind::Exchange => channel
-                .exchange_bind(b.destination.as_str().into(), b.source.as_str().into(), key, ExchangeBindOptions::default(), args)
+                .exchange_bind(
+                    b.destination.as_str().into(),
+                    b.source.as_str().into(),
+                    key,
+                    ExchangeBindOptions::default(),
+                    args,
+                )
                 .await
                 .map_err(refused(what))?,
         }

@@ -96,7 +96,9 @@ impl Exchanges {
                     self.pool.close_channel(&channel).await;
                 }
                 match amqp::classify(&error) {
-                    Error::NotFound(_) => Err(Error::NotFound(format!("exchange {name:?} does not exist"))),
+                    Error::NotFound(_) => {
+                        Err(Error::NotFound(format!("exchange {name:?} does not exist")))
+                    }
                     other => Err(other),
                 }
             }
@@ -104,7 +106,9 @@ impl Exchanges {
                 if let Some(channel) = probe.take() {
                     self.pool.close_channel(&channel).await;
                 }
-                Err(Error::unavailable("the broker did not answer an exchange check in time"))
+                Err(Error::unavailable(
+                    "the broker did not answer an exchange check in time",
+                ))
             }
         }
     }

@@ -55,9 +55,10 @@ fn outcome_of(error: &Error) -> &'static str {
         Error::Unroutable { .. } => outcome::UNROUTABLE,
         Error::NotFound(_) => outcome::NOT_FOUND,
         Error::Nacked => outcome::NACKED,
-        Error::InvalidArgument(_) | Error::TooLarge { .. } | Error::FailedPrecondition(_) | Error::PermissionDenied(_) => {
-            outcome::INVALID
-        }
+        Error::InvalidArgument(_)
+        | Error::TooLarge { .. }
+        | Error::FailedPrecondition(_)
+        | Error::PermissionDenied(_) => outcome::INVALID,
         _ => outcome::UNAVAILABLE,
     }
 }
@@ -149,7 +150,8 @@ impl Bus {
     pub fn is_ready(&self) -> bool {
         let up = self.publish_pool.is_connected() && self.consume_pool.is_connected();
         self.metrics.broker_up.set(i64::from(up));
-        up && self.topology_declared.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
+        up && self.topology_declared.load(Ordering::Acquire)
+            && !self.closing.load(Ordering::Acquire)
     }
 
     /// The publisher for a unary publish: the one named, else a shared one.
@@ -183,7 +185,11 @@ impl Bus {
 
     /// Validates `publish` and queues it on `publisher`, in call order.
     /// The returned future resolves with the broker's verdict.
-    pub async fn submit(&self, publisher: &PublisherHandle, publish: Publish) -> Result<Pending, Error> {
+    pub async fn submit(
+        &self,
+        publisher: &PublisherHandle,
+        publish: Publish,
+    ) -> Result<Pending, Error> {
         let started = Instant::now();
         let result = self.prepare(publish).await;
         let publish = result.inspect_err(|e| self.metrics.publish(outcome_of(e)))?;
@@ -201,7 +207,11 @@ impl Bus {
     }
 
     /// Publishes and waits for the broker's confirm.
-    pub async fn publish(&self, publisher: &PublisherHandle, publish: Publish) -> Result<Confirmed, Error> {
+    pub async fn publish(
+        &self,
+        publisher: &PublisherHandle,
+        publish: Publish,
+    ) -> Result<Confirmed, Error> {
         let pending = self.submit(publisher, publish).await?;
         pending.await.unwrap_or(Err(Error::ShuttingDown))
     }
@@ -210,7 +220,9 @@ impl Bus {
         self.check_open()?;
         check_short("exchange", &publish.exchange)?;
         check_short("routing_key", &publish.routing_key)?;
-        publish.message.validate(self.config.publish.max_body_bytes)?;
+        publish
+            .message
+            .validate(self.config.publish.max_body_bytes)?;
         if !publish.message.user_id.is_empty() {
             // The broker closes the channel on a user_id that is not the
             // connection's user: refuse it here instead.
@@ -247,6 +259,11 @@ impl Bus {
 
     /// Whether the masked broker URLs (for logs).
     pub fn brokers(&self) -> Vec<String> {
-        self.config.amqp.urls().iter().map(|u| amqp::mask(u)).collect()
+        self.config
+            .amqp
+            .urls()
+            .iter()
+            .map(|u| amqp::mask(u))
+            .collect()
     }
 }

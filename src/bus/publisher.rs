@@ -43,9 +43,24 @@ struct InFlight {
 }
 
 enum Outcome {
-    Confirmed(Confirmation),
+    Acked,
+    /// Returned by the broker: no queue was bound for it.
+    Returned,
+    Nacked,
+    NotConfirmMode,
     Failed(lapin::Error),
     TimedOut,
+}
+
+impl From<Confirmation> for Outcome {
+    fn from(confirmation: Confirmation) -> Self {
+        match confirmation {
+            Confirmation::Ack(None) => Outcome::Acked,
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Outcome::Returned,
+            Confirmation::Nack(None) => Outcome::Nacked,
+            Confirmation::NotRequested => Outcome::NotConfirmMode,
+        }
+    }
 }
 
 type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
@@ -141,7 +156,9 @@ impl Task {
             }
             Err(_) => {
                 self.ctx.pool.close_channel(&channel).await;
-                return Err(Error::unavailable("the broker did not enable confirms in time"));
+                return Err(Error::unavailable(
+                    "the broker did not enable confirms in time",
+                ));
             }
         }
         self.generation += 1;
@@ -159,7 +176,10 @@ impl Task {
     async fn start(&mut self, command: Command) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = InFlight { command, attempts: 0 };
+        let entry = InFlight {
+            command,
+            attempts: 0,
+        };
         match self.channel().await {
             Ok(channel) => self.send(seq, entry, &channel),
             Err(error) => self.finish(entry.command, Err(error)),
@@ -191,7 +211,7 @@ impl Task {
                         .await
                 };
                 let outcome = match tokio::time::timeout(timeout, publish).await {
-                    Ok(Ok(confirmation)) => Outcome::Confirmed(confirmation),
+                    Ok(Ok(confirmation)) => Outcome::from(confirmation),
                     Ok(Err(error)) => Outcome::Failed(error),
                     Err(_) => Outcome::TimedOut,
                 };
@@ -211,17 +231,15 @@ impl Task {
         };
         let publish = &entry.command.publish;
         let result = match outcome {
-            Outcome::Confirmed(Confirmation::Ack(None)) => Ok(Confirmed {
+            Outcome::Acked => Ok(Confirmed {
                 message_id: publish.message.message_id.clone(),
             }),
-            Outcome::Confirmed(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
-                Err(Error::Unroutable {
-                    exchange: publish.exchange.clone(),
-                    routing_key: publish.routing_key.clone(),
-                })
-            }
-            Outcome::Confirmed(Confirmation::Nack(None)) => Err(Error::Nacked),
-            Outcome::Confirmed(Confirmation::NotRequested) => {
+            Outcome::Returned => Err(Error::Unroutable {
+                exchange: publish.exchange.clone(),
+                routing_key: publish.routing_key.clone(),
+            }),
+            Outcome::Nacked => Err(Error::Nacked),
+            Outcome::NotConfirmMode => {
                 Err(Error::Internal("channel is not in confirm mode".into()))
             }
             Outcome::TimedOut => {
@@ -245,7 +263,7 @@ impl Task {
         // Settle what the broker confirmed before the failure first, so that
         // those messages are not published twice.
         while let Some(Some((seq, generation, outcome))) = self.confirms.next().now_or_never() {
-            if matches!(outcome, Outcome::Confirmed(_)) {
+            if !matches!(outcome, Outcome::Failed(_) | Outcome::TimedOut) {
                 Box::pin(self.settle(seq, generation, outcome)).await;
             }
         }
@@ -322,7 +340,8 @@ mod tests {
             Some("missing.x")
         );
         assert_eq!(
-            exchange_in("ACCESS_REFUSED - cannot publish to internal exchange 'it's' in vhost 'v'").as_deref(),
+            exchange_in("ACCESS_REFUSED - cannot publish to internal exchange 'it's' in vhost 'v'")
+                .as_deref(),
             Some("it's")
         );
         assert_eq!(exchange_in("PRECONDITION_FAILED - something else"), None);

@@ -47,8 +47,16 @@ impl Publishers {
         let tracker = TaskTracker::new();
         let shared = (0..shared)
             .map(|_| {
-                let permit = permits.clone().try_acquire_owned().expect("validated: shared < max");
-                Handle(publisher::spawn(ctx.clone(), permit, shutdown.clone(), &tracker))
+                let permit = permits
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("validated: shared < max");
+                Handle(publisher::spawn(
+                    ctx.clone(),
+                    permit,
+                    shutdown.clone(),
+                    &tracker,
+                ))
             })
             .collect();
         let this = Arc::new(Self {
@@ -61,7 +69,11 @@ impl Publishers {
             tracker,
             shutdown,
         });
-        tokio::spawn(reap(Arc::downgrade(&this), idle_timeout, this.shutdown.clone()));
+        tokio::spawn(reap(
+            Arc::downgrade(&this),
+            idle_timeout,
+            this.shutdown.clone(),
+        ));
         this
     }
 
@@ -73,9 +85,13 @@ impl Publishers {
                 self.max_channels
             ))
         })?;
-        Ok(Handle(publisher::spawn(self.ctx.clone(), permit, self.shutdown.clone(), &self.tracker)))
+        Ok(Handle(publisher::spawn(
+            self.ctx.clone(),
+            permit,
+            self.shutdown.clone(),
+            &self.tracker,
+        )))
     }
-
 
     /// The publisher named `name`, created on first use.
     pub fn named(&self, name: &str) -> Result<Handle, Error> {
@@ -114,14 +130,20 @@ impl Publishers {
 
 /// Closes named publishers that have not been used for `idle` (dropping the
 /// handle lets the task finish its messages and close its channel).
-async fn reap(publishers: std::sync::Weak<Publishers>, idle: Duration, shutdown: CancellationToken) {
+async fn reap(
+    publishers: std::sync::Weak<Publishers>,
+    idle: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(idle / 2);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(publishers) = publishers.upgrade() else { return };
+        let Some(publishers) = publishers.upgrade() else {
+            return;
+        };
         let mut named = publishers.named.lock().unwrap_or_else(|e| e.into_inner());
         named.retain(|_, entry| entry.last_used.elapsed() < idle && !entry.handle.0.is_closed());
     }

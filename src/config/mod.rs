@@ -272,10 +272,7 @@ impl Config {
             .separator("__")
             .try_parsing(true)
             .source(env);
-        let config: Config = builder
-            .add_source(environment)
-            .build()?
-            .try_deserialize()?;
+        let config: Config = builder.add_source(environment).build()?.try_deserialize()?;
         config.validate()?;
         Ok(config)
     }
@@ -291,9 +288,16 @@ impl Config {
                 return Err(invalid("amqp.url", crate::amqp::mask(url), reason));
             }
         }
-        for (key, value) in [("http.listen", &self.http.listen), ("grpc.listen", &self.grpc.listen)] {
+        for (key, value) in [
+            ("http.listen", &self.http.listen),
+            ("grpc.listen", &self.grpc.listen),
+        ] {
             if value.parse::<SocketAddr>().is_err() {
-                return Err(invalid(key, value, "expected host:port, e.g. 127.0.0.1:5680"));
+                return Err(invalid(
+                    key,
+                    value,
+                    "expected host:port, e.g. 127.0.0.1:5680",
+                ));
             }
         }
         let positive = [
@@ -332,11 +336,19 @@ impl Config {
         ];
         for (key, value) in durations {
             if value.is_zero() {
-                return Err(invalid(key, humantime::format_duration(value), "must be above 0"));
+                return Err(invalid(
+                    key,
+                    humantime::format_duration(value),
+                    "must be above 0",
+                ));
             }
         }
         if self.subscribe.default_prefetch == 0 {
-            return Err(invalid("subscribe.default_prefetch", 0, "must be at least 1"));
+            return Err(invalid(
+                "subscribe.default_prefetch",
+                0,
+                "must be at least 1",
+            ));
         }
         if self.subscribe.default_prefetch > self.subscribe.max_prefetch {
             return Err(invalid(
@@ -346,7 +358,11 @@ impl Config {
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", &self.log.level, "not a tracing filter"));
+            return Err(invalid(
+                "log.level",
+                &self.log.level,
+                "not a tracing filter",
+            ));
         }
         self.topology.validate()
     }

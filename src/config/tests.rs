@@ -3,7 +3,12 @@ use std::collections::HashMap;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }
 
 fn load_env(pairs: &[(&str, &str)]) -> Result<Config, Error> {
@@ -19,7 +24,8 @@ mod tempfile_path {
     pub struct TempToml(pub std::path::PathBuf);
     impl TempToml {
         pub fn new(text: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("warren-test-{}.toml", uuid::Uuid::new_v4()));
+            let path =
+                std::env::temp_dir().join(format!("warren-test-{}.toml", uuid::Uuid::new_v4()));
             let mut f = std::fs::File::create(&path).unwrap();
             std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
             Self(path)
@@ -51,7 +57,8 @@ fn the_shipped_config_file_loads_and_equals_the_defaults() {
     let c = Config::load_with_env(Some(&path), env(&[])).unwrap();
     let d = load_env(&[]).unwrap();
     assert_eq!(format!("{c:?}"), format!("{d:?}"));
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/topology.toml");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/topology.toml");
     let c = Config::load_with_env(Some(&example), env(&[])).unwrap();
     assert_eq!(c.topology.queues.len(), 4);
 }
@@ -61,7 +68,10 @@ fn environment_overrides_the_file() {
     let f = file("[amqp]\nurl = \"amqp://a:b@file-host/%2f\"\npool_size = 3\n");
     let c = Config::load_with_env(
         Some(&f.0),
-        env(&[("WARREN__AMQP__URL", "amqp://x:y@env-host/%2f"), ("WARREN__HTTP__LISTEN", "0.0.0.0:9000")]),
+        env(&[
+            ("WARREN__AMQP__URL", "amqp://x:y@env-host/%2f"),
+            ("WARREN__HTTP__LISTEN", "0.0.0.0:9000"),
+        ]),
     )
     .unwrap();
     assert_eq!(c.amqp.url, "amqp://x:y@env-host/%2f");
@@ -102,7 +112,12 @@ fn bad_listen_addresses_name_the_key() {
 
 #[test]
 fn counts_must_be_positive() {
-    for key in ["AMQP__POOL_SIZE", "AMQP__MAX_CHANNELS", "PUBLISH__MAX_BODY_BYTES", "PUBLISH__STREAM_WINDOW"] {
+    for key in [
+        "AMQP__POOL_SIZE",
+        "AMQP__MAX_CHANNELS",
+        "PUBLISH__MAX_BODY_BYTES",
+        "PUBLISH__STREAM_WINDOW",
+    ] {
         let e = message(load_env(&[(&format!("WARREN__{key}"), "0")]));
         assert!(e.contains(&key.to_lowercase().replace("__", ".")), "{e}");
     }
@@ -118,7 +133,10 @@ fn shared_publishers_must_leave_room() {
 
 #[test]
 fn body_limit_has_a_ceiling() {
-    let e = message(load_env(&[("WARREN__PUBLISH__MAX_BODY_BYTES", "999999999999")]));
+    let e = message(load_env(&[(
+        "WARREN__PUBLISH__MAX_BODY_BYTES",
+        "999999999999",
+    )]));
     assert!(e.contains("publish.max_body_bytes"), "{e}");
 }
 
@@ -154,12 +172,30 @@ fn unknown_keys_are_refused() {
 #[test]
 fn topology_rules() {
     let cases = [
-        ("[[topology.exchanges]]\nname = \"\"\n", "topology.exchanges[0].name"),
-        ("[[topology.exchanges]]\nname = \"amq.mine\"\n", "topology.exchanges[0].name"),
-        ("[[topology.exchanges]]\nname = \"e\"\ntype = \"fan\"\n", "topology.exchanges[0].type"),
-        ("[[topology.queues]]\nname = \"q\"\ntype = \"quorum\"\nauto_delete = true\n", "topology.queues[0].type"),
-        ("[[topology.queues]]\nname = \"q\"\narguments = { \"x-queue-type\" = \"quorum\" }\n", "topology.queues[0].arguments"),
-        ("[[topology.bindings]]\nsource = \"\"\ndestination = \"q\"\n", "topology.bindings[0].source"),
+        (
+            "[[topology.exchanges]]\nname = \"\"\n",
+            "topology.exchanges[0].name",
+        ),
+        (
+            "[[topology.exchanges]]\nname = \"amq.mine\"\n",
+            "topology.exchanges[0].name",
+        ),
+        (
+            "[[topology.exchanges]]\nname = \"e\"\ntype = \"fan\"\n",
+            "topology.exchanges[0].type",
+        ),
+        (
+            "[[topology.queues]]\nname = \"q\"\ntype = \"quorum\"\nauto_delete = true\n",
+            "topology.queues[0].type",
+        ),
+        (
+            "[[topology.queues]]\nname = \"q\"\narguments = { \"x-queue-type\" = \"quorum\" }\n",
+            "topology.queues[0].arguments",
+        ),
+        (
+            "[[topology.bindings]]\nsource = \"\"\ndestination = \"q\"\n",
+            "topology.bindings[0].source",
+        ),
     ];
     for (toml, key) in cases {
         let f = file(toml);
@@ -168,5 +204,7 @@ fn topology_rules() {
     }
     let long = format!("[[topology.queues]]\nname = \"{}\"\n", "q".repeat(256));
     let f = file(&long);
-    assert!(message(Config::load_with_env(Some(&f.0), env(&[]))).contains("topology.queues[0].name"));
+    assert!(
+        message(Config::load_with_env(Some(&f.0), env(&[]))).contains("topology.queues[0].name")
+    );
 }

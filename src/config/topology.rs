@@ -135,7 +135,11 @@ fn check_name(key: &str, name: &str) -> Result<(), Error> {
         return Err(invalid(key, name, "must be 1 to 255 bytes"));
     }
     if name.starts_with("amq.") {
-        return Err(invalid(key, name, "names starting with amq. are reserved by the broker"));
+        return Err(invalid(
+            key,
+            name,
+            "names starting with amq. are reserved by the broker",
+        ));
     }
     Ok(())
 }
@@ -173,13 +177,27 @@ impl Topology {
         }
         for (i, binding) in self.bindings.iter().enumerate() {
             // The default exchange takes no bindings, hence no empty source.
-            check_name(&format!("topology.bindings[{i}].source"), &binding.source)
-                .or_else(|e| if binding.source.starts_with("amq.") { Ok(()) } else { Err(e) })?;
-            check_name(&format!("topology.bindings[{i}].destination"), &binding.destination)
-                .or_else(|e| {
-                    let exchange = binding.destination_type == DestinationKind::Exchange;
-                    if exchange && binding.destination.starts_with("amq.") { Ok(()) } else { Err(e) }
-                })?;
+            check_name(&format!("topology.bindings[{i}].source"), &binding.source).or_else(
+                |e| {
+                    if binding.source.starts_with("amq.") {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                },
+            )?;
+            check_name(
+                &format!("topology.bindings[{i}].destination"),
+                &binding.destination,
+            )
+            .or_else(|e| {
+                let exchange = binding.destination_type == DestinationKind::Exchange;
+                if exchange && binding.destination.starts_with("amq.") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
             if binding.routing_key.len() > 255 {
                 return Err(invalid(
                     format!("topology.bindings[{i}].routing_key"),

@@ -43,6 +43,7 @@ fn to_map(fields: impl IntoIterator<Item = (String, PValue)>) -> Result<Map<Stri
         .collect()
 }
 
+#[allow(dead_code)] // until Subscribe lands
 fn from_json(value: Value) -> PValue {
     let kind = match value {
         Value::Null => Kind::NullValue(0),
@@ -81,12 +82,17 @@ pub fn message(m: proto::Message) -> Result<Message, Error> {
 }
 
 /// A bus message as a protobuf message.
+#[allow(dead_code)] // until Subscribe lands
 pub fn to_proto(m: Message) -> proto::Message {
     proto::Message {
         body: m.body,
         content_type: m.content_type,
         content_encoding: m.content_encoding,
-        headers: m.headers.into_iter().map(|(k, v)| (k, from_json(v))).collect(),
+        headers: m
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, from_json(v)))
+            .collect(),
         message_id: m.message_id,
         correlation_id: m.correlation_id,
         r#type: m.kind,
@@ -124,7 +130,9 @@ mod tests {
 
     #[test]
     fn non_finite_numbers_are_refused() {
-        let nan = PValue { kind: Some(Kind::NumberValue(f64::NAN)) };
+        let nan = PValue {
+            kind: Some(Kind::NumberValue(f64::NAN)),
+        };
         assert!(matches!(to_json(nan), Err(Error::InvalidArgument(_))));
     }
 }

@@ -59,7 +59,11 @@ pub async fn serve(
 
 /// Keeps `grpc.health.v1` in step with the broker connection: SERVING for
 /// the whole server ("") and `warren.v1.Bus` only while ready.
-async fn report_health(bus: Arc<Bus>, health: tonic_health::server::HealthReporter, shutdown: CancellationToken) {
+async fn report_health(
+    bus: Arc<Bus>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {

@@ -59,7 +59,10 @@ impl proto::bus_server::Bus for Service {
         let name = request
             .metadata()
             .get(PUBLISHER_METADATA)
-            .map(|v| v.to_str().map_err(|_| Status::invalid_argument("x-warren-publisher must be ASCII")))
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Status::invalid_argument("x-warren-publisher must be ASCII"))
+            })
             .transpose()?
             .map(str::to_owned);
         let request = request.into_inner();
@@ -136,19 +139,31 @@ impl proto::bus_server::Bus for Service {
         Err(status(&Error::Unimplemented("Subscribe")))
     }
 
-    async fn ack(&self, _request: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+    async fn ack(
+        &self,
+        _request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
         Err(status(&Error::Unimplemented("Ack")))
     }
 
-    async fn nack(&self, _request: Request<proto::NackRequest>) -> Result<Response<proto::NackResponse>, Status> {
+    async fn nack(
+        &self,
+        _request: Request<proto::NackRequest>,
+    ) -> Result<Response<proto::NackResponse>, Status> {
         Err(status(&Error::Unimplemented("Nack")))
     }
 
-    async fn call(&self, _request: Request<proto::CallRequest>) -> Result<Response<proto::CallResponse>, Status> {
+    async fn call(
+        &self,
+        _request: Request<proto::CallRequest>,
+    ) -> Result<Response<proto::CallResponse>, Status> {
         Err(status(&Error::Unimplemented("Call")))
     }
 
-    async fn reply(&self, _request: Request<proto::ReplyRequest>) -> Result<Response<proto::ReplyResponse>, Status> {
+    async fn reply(
+        &self,
+        _request: Request<proto::ReplyRequest>,
+    ) -> Result<Response<proto::ReplyResponse>, Status> {
         Err(status(&Error::Unimplemented("Reply")))
     }
 }

@@ -4,8 +4,8 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use http_body_util::LengthLimitError;
+use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -25,14 +25,20 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(Error::TooLarge { size: limit + 1, limit }),
-        Err(e) => Err(Error::InvalidArgument(format!("could not read the request body: {e}"))),
+        Err(e) if e.is::<LengthLimitError>() => Err(Error::TooLarge {
+            size: limit + 1,
+            limit,
+        }),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
 /// Parses a JSON request body with a clear error for each mistake.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::InvalidArgument(format!("invalid JSON request: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::InvalidArgument(format!("invalid JSON request: {e}")))
 }
 
 /// How much larger than its body a JSON request may be: base64 grows bytes by
@@ -86,7 +92,9 @@ impl JsonMessage {
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map(Bytes::from)
-                .map_err(|e| Error::InvalidArgument(format!("body_base64 is not valid base64: {e}")))?,
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("body_base64 is not valid base64: {e}"))
+                })?,
             (Some(Value::String(text)), None) => Bytes::from(text),
             (Some(Value::Null), None) | (None, None) => Bytes::new(),
             (Some(value), None) => {
@@ -165,7 +173,10 @@ impl From<Message> for JsonOut {
     fn from(m: Message) -> Self {
         let (body, body_base64) = match std::str::from_utf8(&m.body) {
             Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&m.body))),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(&m.body)),
+            ),
         };
         Self {
             body,
@@ -193,7 +204,9 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<Message, Error> {
-        serde_json::from_value::<JsonMessage>(v).unwrap().into_message()
+        serde_json::from_value::<JsonMessage>(v)
+            .unwrap()
+            .into_message()
     }
 
     #[test]
@@ -213,14 +226,23 @@ mod tests {
         assert!(parse(json!({"body": "a", "body_base64": "YQ=="})).is_err());
         assert!(parse(json!({"body_base64": "not base64!"})).is_err());
         assert!(parse(json!({"bodyy": "typo"})).is_err());
-        assert_eq!(&parse(json!({"body_base64": "AAEC"})).unwrap().body[..], &[0, 1, 2]);
+        assert_eq!(
+            &parse(json!({"body_base64": "AAEC"})).unwrap().body[..],
+            &[0, 1, 2]
+        );
     }
 
     #[test]
     fn delivered_bodies_are_text_or_base64() {
-        let out = JsonOut::from(Message { body: Bytes::from_static(b"hi"), ..Default::default() });
+        let out = JsonOut::from(Message {
+            body: Bytes::from_static(b"hi"),
+            ..Default::default()
+        });
         assert_eq!(out.body.as_deref(), Some("hi"));
-        let out = JsonOut::from(Message { body: Bytes::from_static(&[0xff, 0]), ..Default::default() });
+        let out = JsonOut::from(Message {
+            body: Bytes::from_static(&[0xff, 0]),
+            ..Default::default()
+        });
         assert_eq!(out.body_base64.as_deref(), Some("/wA="));
     }
 }

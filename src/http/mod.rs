@@ -64,7 +64,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.bus.is_ready(); // refreshes warren_broker_up
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.bus.metrics().render(),
     )
 }
@@ -75,7 +78,11 @@ async fn not_found() -> Problem {
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled and open requests
 /// are done.
-pub async fn serve(bus: Arc<Bus>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    bus: Arc<Bus>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = router(AppState {
         bus,
         shutdown: shutdown.clone(),

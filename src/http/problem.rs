@@ -18,7 +18,8 @@ impl From<Error> for Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let e = self.0;
-        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({
             "type": format!("urn:warren:problem:{}", e.kind()),
             "title": status.canonical_reason().unwrap_or("Error"),
@@ -29,7 +30,10 @@ impl IntoResponse for Problem {
         });
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(after) = e.retry_after() {
             let secs = after.as_secs().max(1);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -57,7 +57,11 @@ async fn publish(state: &AppState, headers: &HeaderMap, publish: Publish) -> Res
 }
 
 /// `POST /v1/publish`.
-pub async fn json(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Published>, Problem> {
+pub async fn json(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Published>, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
     let bytes = body::read(&headers, body, body::json_limit(max)).await?;
     let request: PublishJson = body::json(&bytes)?;
@@ -74,7 +78,10 @@ pub async fn json(State(state): State<AppState>, headers: HeaderMap, body: Body)
         },
     )
     .await?;
-    Ok(Json(Published { message_id, request_id }))
+    Ok(Json(Published {
+        message_id,
+        request_id,
+    }))
 }
 
 fn text(headers: &HeaderMap, name: &str) -> Result<String, Error> {
@@ -92,16 +99,18 @@ fn number<T: std::str::FromStr + Default>(headers: &HeaderMap, name: &str) -> Re
     if value.is_empty() {
         return Ok(T::default());
     }
-    value
-        .parse()
-        .map_err(|_| Error::InvalidArgument(format!("header {name}: {value:?} is not a valid number")))
+    value.parse().map_err(|_| {
+        Error::InvalidArgument(format!("header {name}: {value:?} is not a valid number"))
+    })
 }
 
 fn flag(headers: &HeaderMap, name: &str) -> Result<bool, Error> {
     match text(headers, name)?.to_ascii_lowercase().as_str() {
         "" | "false" | "0" => Ok(false),
         "true" | "1" => Ok(true),
-        other => Err(Error::InvalidArgument(format!("header {name}: {other:?} is not true or false"))),
+        other => Err(Error::InvalidArgument(format!(
+            "header {name}: {other:?} is not true or false"
+        ))),
     }
 }
 
@@ -112,9 +121,9 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
     let mut amqp_headers = serde_json::Map::new();
     for (name, value) in headers {
         if let Some(key) = name.as_str().strip_prefix(HEADER_PREFIX) {
-            let value = value
-                .to_str()
-                .map_err(|_| Error::InvalidArgument(format!("header {name} must be visible ASCII")))?;
+            let value = value.to_str().map_err(|_| {
+                Error::InvalidArgument(format!("header {name} must be visible ASCII"))
+            })?;
             amqp_headers.insert(key.to_owned(), Value::String(value.to_owned()));
         }
     }
@@ -146,7 +155,11 @@ pub async fn raw(
     let max = state.bus.config().publish.max_body_bytes;
     let bytes = body::read(&headers, body, max).await?;
     let message = raw_message(&headers, bytes)?;
-    let exchange = if exchange == "amq.default" { String::new() } else { exchange };
+    let exchange = if exchange == "amq.default" {
+        String::new()
+    } else {
+        exchange
+    };
     let publish_request = Publish {
         exchange,
         routing_key,

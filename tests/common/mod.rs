@@ -1,0 +1,204 @@
+//! Shared helpers: start Warren in-process on free ports against the local
+//! broker, talk to it over the wire, and look at the broker with plain lapin.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tonic::transport::Channel as GrpcChannel;
+use warren::config::Config;
+use warren::proto::bus_client::BusClient;
+use warren::server::Server;
+
+/// The broker the tests use (the local one unless `WARREN_TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("WARREN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A configuration for tests: free ports, the test broker.
+pub fn config() -> Config {
+    config_with(&[])
+}
+
+/// The test configuration with extra `WARREN__...` settings.
+pub fn config_with(env: &[(&str, &str)]) -> Config {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("WARREN__AMQP__URL", amqp_url()),
+        ("WARREN__HTTP__LISTEN", "127.0.0.1:0".into()),
+        ("WARREN__GRPC__LISTEN", "127.0.0.1:0".into()),
+        ("WARREN__SHUTDOWN__GRACE", "10s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in env {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Config::load_with_env(None, Some(vars)).expect("test config is valid")
+}
+
+/// A Warren running in this process.
+pub struct Warren {
+    pub server: Server,
+    pub http: String,
+    pub grpc_addr: String,
+}
+
+impl Warren {
+    /// Starts Warren with `config` and waits until the topology is declared.
+    pub async fn start_with(config: Config) -> Self {
+        let server = Server::start(config).await.expect("warren starts");
+        tokio::time::timeout(Duration::from_secs(30), server.declare_topology())
+            .await
+            .expect("broker reachable within 30s")
+            .expect("topology declared");
+        let http = format!("http://{}", server.http_addr);
+        let grpc_addr = format!("http://{}", server.grpc_addr);
+        Self {
+            server,
+            http,
+            grpc_addr,
+        }
+    }
+
+    pub async fn start() -> Self {
+        Self::start_with(config()).await
+    }
+
+    /// A gRPC client of the Bus service.
+    pub async fn grpc(&self) -> BusClient<GrpcChannel> {
+        BusClient::connect(self.grpc_addr.clone())
+            .await
+            .expect("grpc connects")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.http, path)
+    }
+
+    pub async fn stop(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// A plain AMQP connection to look at the broker.
+pub struct Broker {
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Broker {
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("broker reachable");
+        let channel = connection.create_channel().await.expect("channel");
+        Self {
+            connection,
+            channel,
+        }
+    }
+
+    /// Declares a classic queue that the broker deletes 60 s after its last
+    /// use, so that failed runs leave nothing behind.
+    pub async fn queue(&self, name: &str) {
+        self.queue_with(name, FieldTable::default()).await
+    }
+
+    pub async fn queue_with(&self, name: &str, mut args: FieldTable) {
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .expect("queue declared");
+    }
+
+    /// Takes up to `n` messages, waiting at most `wait` for them.
+    pub async fn take(
+        &self,
+        queue: &str,
+        n: usize,
+        wait: Duration,
+    ) -> Vec<lapin::message::Delivery> {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => out.push(delivery),
+                _ => break,
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+        out
+    }
+
+    /// How many messages are ready in `queue`.
+    pub async fn count(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.message_count()
+    }
+
+    /// Whether the queue holds nothing right now (a quick get).
+    pub async fn is_empty(&self, queue: &str) -> bool {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("get");
+        got.is_none()
+    }
+}
+
+/// A problem+json response: status, content type, parsed body.
+pub async fn problem(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let ct = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/problem+json", "status {status}");
+    let body: serde_json::Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status, "{body}");
+    (status, body)
+}

@@ -1,0 +1,383 @@
+//! The process: flags, configuration errors, topology at start-up, SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{unique, Broker, Warren};
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::ExchangeKind;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_warren");
+
+#[test]
+fn help_and_version() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--config") && text.contains("WARREN__"),
+        "{text}"
+    );
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_bad_value_stops_start_up_with_one_line_naming_the_key() {
+    let out = Command::new(BIN)
+        .env("WARREN__HTTP__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("http.listen") && err.contains("not-an-address"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/warren.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warren.toml"));
+}
+
+fn topology_toml(prefix: &str) -> String {
+    format!(
+        r##"
+[[topology.exchanges]]
+name = "{p}.topic"
+type = "topic"
+auto_delete = true
+[[topology.exchanges]]
+name = "{p}.fanout"
+type = "fanout"
+auto_delete = true
+[[topology.exchanges]]
+name = "{p}.headers"
+type = "headers"
+auto_delete = true
+[[topology.exchanges]]
+name = "{p}.direct"
+type = "direct"
+internal = true
+auto_delete = true
+arguments = {{ "alternate-exchange" = "{p}.fanout" }}
+
+[[topology.queues]]
+name = "{p}.classic"
+arguments = {{ "x-message-ttl" = 60000, "x-max-length" = 100, "x-expires" = 120000 }}
+[[topology.queues]]
+name = "{p}.quorum"
+type = "quorum"
+arguments = {{ "x-expires" = 120000 }}
+[[topology.queues]]
+name = "{p}.stream"
+type = "stream"
+arguments = {{ "x-max-age" = "1h" }}
+[[topology.queues]]
+name = "{p}.eu"
+arguments = {{ "x-expires" = 120000 }}
+
+[[topology.bindings]]
+source = "{p}.topic"
+destination = "{p}.classic"
+routing_key = "order.*"
+[[topology.bindings]]
+source = "{p}.topic"
+destination = "{p}.fanout"
+destination_type = "exchange"
+routing_key = "#"
+[[topology.bindings]]
+source = "{p}.fanout"
+destination = "{p}.quorum"
+[[topology.bindings]]
+source = "{p}.headers"
+destination = "{p}.eu"
+arguments = {{ "x-match" = "all", "region" = "eu" }}
+"##,
+        p = prefix
+    )
+}
+
+fn config_file(text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("config")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn config_from(path: &std::path::Path) -> warren::config::Config {
+    let mut env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    env.insert("WARREN__AMQP__URL".into(), common::amqp_url());
+    env.insert("WARREN__HTTP__LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("WARREN__GRPC__LISTEN".into(), "127.0.0.1:0".into());
+    warren::config::Config::load_with_env(Some(path), Some(env)).unwrap()
+}
+
+#[tokio::test]
+async fn topology_of_every_kind_is_declared_and_routes() {
+    let p = unique("topo");
+    let path = config_file(&topology_toml(&p));
+    let warren = Warren::start_with(config_from(&path)).await;
+    let broker = Broker::connect().await;
+    // Everything exists with the declared arguments (a passive declare
+    // checks existence; an active one with the same arguments is accepted).
+    let channel = broker.connection.create_channel().await.unwrap();
+    let mut quorum_args = FieldTable::default();
+    quorum_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    quorum_args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    channel
+        .queue_declare(
+            format!("{p}.quorum").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum_args,
+        )
+        .await
+        .expect("quorum queue exists with these arguments");
+    channel
+        .exchange_declare(
+            format!("{p}.headers").as_str().into(),
+            ExchangeKind::Headers,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("headers exchange exists");
+    let http = reqwest::Client::new();
+    let publish = |exchange: String, key: &str, headers: serde_json::Value| {
+        http.post(warren.url("/v1/publish"))
+            .json(
+                &json!({"exchange": exchange, "routing_key": key, "body": "x", "headers": headers}),
+            )
+            .send()
+    };
+    // topic -> classic (order.*) and topic -> fanout (e2e) -> quorum.
+    assert_eq!(
+        publish(format!("{p}.topic"), "order.created", json!({}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // headers exchange: matches region=eu only.
+    assert_eq!(
+        publish(format!("{p}.headers"), "", json!({"region": "eu"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        publish(format!("{p}.headers"), "", json!({"region": "us"}))
+            .await
+            .unwrap()
+            .status(),
+        422
+    );
+    assert_eq!(
+        broker
+            .take(&format!("{p}.classic"), 5, Duration::from_secs(2))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        broker
+            .take(&format!("{p}.quorum"), 5, Duration::from_secs(2))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        broker
+            .take(&format!("{p}.eu"), 5, Duration::from_secs(2))
+            .await
+            .len(),
+        1
+    );
+    // Internal exchanges take no publishes from clients.
+    let response = publish(format!("{p}.direct"), "k", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    warren.stop().await;
+    let cleanup = broker.connection.create_channel().await.unwrap();
+    let _ = cleanup
+        .queue_delete(format!("{p}.stream").as_str().into(), Default::default())
+        .await;
+    let _ = cleanup
+        .queue_delete(format!("{p}.quorum").as_str().into(), Default::default())
+        .await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_refused_declaration_stops_start_up_naming_it() {
+    let broker = Broker::connect().await;
+    let name = unique("clash");
+    broker.queue(&name).await; // exists as a classic queue with x-expires
+    let path = config_file(&format!(
+        "[[topology.queues]]\nname = \"{name}\"\ntype = \"quorum\"\n"
+    ));
+    let server = warren::server::Server::start(config_from(&path))
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(30), server.declare_topology())
+        .await
+        .unwrap()
+        .expect_err("the broker refuses the redeclaration");
+    let text = error.to_string();
+    assert!(text.contains(&name), "{text}");
+    server.shutdown().await;
+
+    // The binary exits non-zero with that message.
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .env("WARREN__AMQP__URL", common::amqp_url())
+        .env("WARREN__HTTP__LISTEN", "127.0.0.1:0")
+        .env("WARREN__GRPC__LISTEN", "127.0.0.1:0")
+        .env("WARREN__LOG__FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
+    let _ = std::fs::remove_file(path);
+}
+
+/// SIGTERM while publishes are in flight: each publish the client saw
+/// confirmed is in the queue, the process exits 0.
+#[tokio::test]
+async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
+    let broker = Broker::connect().await;
+    let queue = unique("sigterm");
+    broker.queue(&queue).await;
+    let mut child = Command::new(BIN)
+        .env("WARREN__AMQP__URL", common::amqp_url())
+        .env("WARREN__HTTP__LISTEN", "127.0.0.1:0")
+        .env("WARREN__GRPC__LISTEN", "127.0.0.1:0")
+        .env("WARREN__LOG__FORMAT", "json")
+        .env("WARREN__LOG__LEVEL", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Find the HTTP port in the start-up log line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        let stderr = BufReader::new(stderr);
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut http = None;
+    let mut log = Vec::new();
+    while http.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .expect("warren logs");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "topology declared" {
+                break;
+            }
+            if let Some(addr) = v["http"].as_str() {
+                http = Some(format!("http://{addr}"));
+            }
+        }
+        log.push(line);
+    }
+    let http = http.expect("http address logged");
+    // Wait until ready.
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client
+            .get(format!("{http}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Publishers that keep going until Warren stops answering.
+    let confirmed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let (client, http, queue, confirmed) = (
+            client.clone(),
+            http.clone(),
+            queue.clone(),
+            confirmed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let sent = client
+                    .post(format!("{http}/v1/publish"))
+                    .json(&json!({"routing_key": queue, "body": format!("{worker}-{i}")}))
+                    .send()
+                    .await;
+                match sent.map(|r| r.status().as_u16()) {
+                    Ok(200) => confirmed.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    _ => break,
+                };
+            }
+        }));
+    }
+    while confirmed.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = child.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("exits within 30s")
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let confirmed = confirmed.load(std::sync::atomic::Ordering::SeqCst);
+    let got = broker.take(&queue, 100_000, Duration::from_secs(2)).await;
+    assert!(
+        got.len() >= confirmed,
+        "{} in the queue, {confirmed} confirmed",
+        got.len()
+    );
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.try_recv() {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().any(|l| l.contains("warren stopped")),
+        "{rest:?}"
+    );
+}
