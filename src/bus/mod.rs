@@ -4,9 +4,12 @@
 //! gRPC and HTTP layers turn requests into calls on it and its [`Error`]s into
 //! status codes; nothing else in them knows about AMQP.
 
+mod delivery;
 mod exchanges;
 mod publisher;
 mod publishers;
+mod subscriber;
+mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,9 +25,13 @@ use crate::error::Error;
 use crate::message::{check_short, Message};
 use crate::metrics::{outcome, Metrics};
 
+pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 use exchanges::Exchanges;
 pub use publishers::Handle as PublisherHandle;
 use publishers::Publishers;
+use subscriber::Action;
+pub use subscriptions::Subscription;
+use subscriptions::Subscriptions;
 
 /// A message to publish and where to.
 #[derive(Debug, Clone, Default)]
@@ -71,6 +78,7 @@ pub struct Bus {
     consume_pool: Arc<Pool>,
     exchanges: Arc<Exchanges>,
     publishers: Arc<Publishers>,
+    subscriptions: Subscriptions,
     shutdown: CancellationToken,
     closing: AtomicBool,
     topology_declared: AtomicBool,
@@ -102,6 +110,14 @@ impl Bus {
             config.amqp.idle_timeout,
             shutdown.clone(),
         );
+        let subscriptions = Subscriptions::new(
+            consume_pool.clone(),
+            metrics.clone(),
+            config.subscribe.clone(),
+            config.amqp.operation_timeout,
+            publishers.shared(),
+            shutdown.clone(),
+        );
         Arc::new(Self {
             config,
             metrics,
@@ -109,6 +125,7 @@ impl Bus {
             consume_pool,
             exchanges,
             publishers,
+            subscriptions,
             shutdown,
             closing: AtomicBool::new(false),
             topology_declared: AtomicBool::new(false),
@@ -196,6 +213,7 @@ impl Bus {
         let (reply, pending) = oneshot::channel();
         let command = publisher::Command {
             publish,
+            properties: None,
             started,
             reply,
         };
@@ -244,17 +262,34 @@ impl Bus {
     pub async fn shutdown(&self) {
         self.closing.store(true, Ordering::Release);
         self.shutdown.cancel();
-        info!("draining publishers");
-        self.publishers.drained().await;
+        info!("draining publishers and closing subscriptions");
+        tokio::join!(self.publishers.drained(), self.subscriptions.closed());
         self.publish_pool.close().await;
         self.consume_pool.close().await;
         self.metrics.broker_up.set(0);
         info!("bus closed");
     }
 
-    /// The pool for consumers (subscriptions).
-    pub fn consume_pool(&self) -> &Arc<Pool> {
-        &self.consume_pool
+    /// Opens a subscription; deliveries flow until it is dropped.
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, Error> {
+        self.check_open()?;
+        self.subscriptions.open(request).await
+    }
+
+    /// Acks deliveries by id (all or none of one stream's ids).
+    pub async fn ack(&self, ids: &[String]) -> Result<u32, Error> {
+        self.subscriptions.settle(ids, Action::Ack).await
+    }
+
+    /// Nacks deliveries: `requeue` retries them (put back with the next
+    /// attempt count), else they are dead-lettered.
+    pub async fn nack(&self, ids: &[String], requeue: bool) -> Result<u32, Error> {
+        let action = if requeue {
+            Action::Retry
+        } else {
+            Action::DeadLetter
+        };
+        self.subscriptions.settle(ids, action).await
     }
 
     /// Whether the masked broker URLs (for logs).

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -33,6 +33,9 @@ const MAX_ATTEMPTS: u32 = 3;
 /// A queued publish and where its outcome goes.
 pub(super) struct Command {
     pub publish: Publish,
+    /// AMQP properties to send as they are (republished deliveries keep
+    /// their exact header types); else built from `publish.message`.
+    pub properties: Option<BasicProperties>,
     pub started: Instant,
     pub reply: oneshot::Sender<Result<Confirmed, Error>>,
 }
@@ -198,7 +201,10 @@ impl Task {
             mandatory: publish.mandatory,
             immediate: false,
         };
-        let properties = codec::properties(&publish.message);
+        let properties = match &entry.command.properties {
+            Some(properties) => properties.clone(),
+            None => codec::properties(&publish.message),
+        };
         let body = publish.message.body.clone();
         let generation = self.generation;
         let timeout = self.ctx.confirm_timeout;

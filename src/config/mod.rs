@@ -166,6 +166,9 @@ pub struct Subscribe {
     /// Interval of keep-alive comments on idle Server-Sent Event streams.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
+    /// Most subscriptions open at once (each has a channel); past it a new
+    /// one is refused with RESOURCE_EXHAUSTED.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Subscribe {
@@ -174,6 +177,7 @@ impl Default for Subscribe {
             default_prefetch: 100,
             max_prefetch: 10_000,
             keepalive: Duration::from_secs(15),
+            max_subscriptions: 1024,
         }
     }
 }
@@ -307,6 +311,10 @@ impl Config {
             ("publish.max_body_bytes", self.publish.max_body_bytes),
             ("publish.max_in_flight", self.publish.max_in_flight),
             ("publish.stream_window", self.publish.stream_window),
+            (
+                "subscribe.max_subscriptions",
+                self.subscribe.max_subscriptions,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

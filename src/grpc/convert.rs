@@ -43,7 +43,6 @@ fn to_map(fields: impl IntoIterator<Item = (String, PValue)>) -> Result<Map<Stri
         .collect()
 }
 
-#[allow(dead_code)] // until Subscribe lands
 fn from_json(value: Value) -> PValue {
     let kind = match value {
         Value::Null => Kind::NullValue(0),
@@ -82,7 +81,6 @@ pub fn message(m: proto::Message) -> Result<Message, Error> {
 }
 
 /// A bus message as a protobuf message.
-#[allow(dead_code)] // until Subscribe lands
 pub fn to_proto(m: Message) -> proto::Message {
     proto::Message {
         body: m.body,
@@ -103,6 +101,34 @@ pub fn to_proto(m: Message) -> proto::Message {
         transient: m.transient,
         reply_to: m.reply_to,
         user_id: m.user_id,
+    }
+}
+
+/// A subscribe request as the bus's.
+pub fn subscribe(r: proto::SubscribeRequest) -> crate::bus::SubscribeRequest {
+    crate::bus::SubscribeRequest {
+        queue: r.queue,
+        prefetch: r.prefetch,
+        auto_ack: r.auto_ack,
+        exchange: r.exchange,
+        binding_keys: r.binding_keys,
+        header_match: r.header_match.into_iter().collect(),
+        match_all: r.match_all,
+        consumer_priority: r.consumer_priority,
+    }
+}
+
+/// A delivery as protobuf.
+pub fn delivery(d: crate::bus::Delivery) -> proto::Delivery {
+    proto::Delivery {
+        delivery_id: d.id,
+        message: Some(to_proto(d.message)),
+        exchange: d.exchange,
+        routing_key: d.routing_key,
+        redelivered: d.redelivered,
+        attempt: d.attempt,
+        reply_to: d.reply_to,
+        queue: d.queue,
     }
 }
 

@@ -134,23 +134,38 @@ impl proto::bus_server::Bus for Service {
 
     async fn subscribe(
         &self,
-        _request: Request<proto::SubscribeRequest>,
+        request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(status(&Error::Unimplemented("Subscribe")))
+        let request = convert::subscribe(request.into_inner());
+        let subscription = self.bus.subscribe(request).await.map_err(|e| status(&e))?;
+        // Ends with the subscription, when the client goes away (the stream is
+        // dropped), or at shutdown.
+        let stream = subscription
+            .map(|item| item.map(convert::delivery).map_err(|e| status(&e)))
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn ack(
         &self,
-        _request: Request<proto::AckRequest>,
+        request: Request<proto::AckRequest>,
     ) -> Result<Response<proto::AckResponse>, Status> {
-        Err(status(&Error::Unimplemented("Ack")))
+        let ids = request.into_inner().delivery_ids;
+        let acked = self.bus.ack(&ids).await.map_err(|e| status(&e))?;
+        Ok(Response::new(proto::AckResponse { acked }))
     }
 
     async fn nack(
         &self,
-        _request: Request<proto::NackRequest>,
+        request: Request<proto::NackRequest>,
     ) -> Result<Response<proto::NackResponse>, Status> {
-        Err(status(&Error::Unimplemented("Nack")))
+        let request = request.into_inner();
+        let nacked = self
+            .bus
+            .nack(&request.delivery_ids, request.requeue)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(proto::NackResponse { nacked }))
     }
 
     async fn call(

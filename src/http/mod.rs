@@ -6,6 +6,7 @@
 pub mod body;
 mod problem;
 mod publish;
+mod subscribe;
 
 use std::sync::Arc;
 
@@ -37,9 +38,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/publish", post(publish::json))
         .route("/v1/publish/{exchange}/{routing_key}", post(publish::raw))
-        .route("/v1/subscribe/{queue}", get(later("subscribe")))
-        .route("/v1/ack", post(later("ack")))
-        .route("/v1/nack", post(later("nack")))
+        .route("/v1/subscribe/{queue}", get(subscribe::subscribe))
+        .route("/v1/ack", post(subscribe::ack))
+        .route("/v1/nack", post(subscribe::nack))
         .route("/v1/call", post(later("call")))
         .route("/v1/reply", post(later("reply")))
         .route("/healthz", get(healthz))

@@ -1,0 +1,153 @@
+//! Deliveries: their ids and the attempt count.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::message::Message;
+
+/// Header in which Warren counts the deliveries of a message it republished
+/// for a retry (brokers from 3.13 on ignore a client's `x-death`).
+pub const ATTEMPT_HEADER: &str = "x-warren-attempt";
+/// The exchange a retried message was first published to.
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-warren-original-exchange";
+/// The routing key a retried message was first published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-warren-original-routing-key";
+
+/// What a subscriber asks for.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeRequest {
+    /// The queue; with `exchange`, the durable queue to declare and bind
+    /// (empty: a temporary exclusive queue for this subscription alone).
+    pub queue: String,
+    /// Most unacked deliveries at once; 0 for the configured default.
+    pub prefetch: u32,
+    /// At-most-once: Warren acks each delivery as it hands it over.
+    pub auto_ack: bool,
+    /// An exchange to bind the queue to.
+    pub exchange: String,
+    /// Binding keys for `exchange`.
+    pub binding_keys: Vec<String>,
+    /// Header matches (headers exchanges).
+    pub header_match: BTreeMap<String, String>,
+    /// `x-match=all` instead of `any`.
+    pub match_all: bool,
+    /// Consumer priority (`x-priority`), 0 for none.
+    pub consumer_priority: i32,
+}
+
+/// One delivered message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Opaque id for ack, nack and reply.
+    pub id: String,
+    /// The message.
+    pub message: Message,
+    /// The exchange it was first published to.
+    pub exchange: String,
+    /// Its routing key when first published.
+    pub routing_key: String,
+    /// The broker's redelivered flag.
+    pub redelivered: bool,
+    /// 1 on first delivery, counting every later one.
+    pub attempt: u32,
+    /// Where a reply goes (the reply-to property).
+    pub reply_to: String,
+    /// The queue it came from.
+    pub queue: String,
+}
+
+/// Where a delivery id points: process, subscription, channel generation
+/// and delivery tag. Rendered as four hex numbers joined by `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryId {
+    pub instance: u64,
+    pub subscription: u64,
+    pub generation: u64,
+    pub tag: u64,
+}
+
+impl DeliveryId {
+    /// Parses an id; anything malformed is NOT_FOUND, as ids are opaque.
+    pub fn parse(id: &str) -> Result<Self, Error> {
+        let unknown = || Error::NotFound(format!("unknown delivery id {id:?}"));
+        let mut parts = id.split('-').map(|p| u64::from_str_radix(p, 16));
+        let mut next = || parts.next().and_then(Result::ok).ok_or_else(unknown);
+        let parsed = Self {
+            instance: next()?,
+            subscription: next()?,
+            generation: next()?,
+            tag: next()?,
+        };
+        if id.split('-').count() != 4 {
+            return Err(unknown());
+        }
+        Ok(parsed)
+    }
+}
+
+impl std::fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:x}-{:x}-{:x}-{:x}",
+            self.instance, self.subscription, self.generation, self.tag
+        )
+    }
+}
+
+fn header_u32(message: &Message, name: &str) -> Option<u32> {
+    match message.headers.get(name)? {
+        Value::Number(n) => n.as_u64().map(|n| n.min(u64::from(u32::MAX)) as u32),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The delivery's attempt: Warren's own count of retries (1 when absent)
+/// plus the broker's returns of this copy: a quorum queue's exact
+/// `x-delivery-count`, or for other queues the redelivered flag.
+pub fn attempt(message: &Message, redelivered: bool) -> u32 {
+    let retries = header_u32(message, ATTEMPT_HEADER).unwrap_or(1).max(1);
+    let returns = match header_u32(message, "x-delivery-count") {
+        Some(count) => count,
+        None => u32::from(redelivered),
+    };
+    retries.saturating_add(returns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_round_trip_and_garbage_is_not_found() {
+        let id = DeliveryId {
+            instance: 0xabc,
+            subscription: 7,
+            generation: 1,
+            tag: 99,
+        };
+        assert_eq!(DeliveryId::parse(&id.to_string()).unwrap(), id);
+        for bad in ["", "x", "1-2-3", "1-2-3-4-5", "g-1-1-1", "1--1-1"] {
+            assert!(
+                matches!(DeliveryId::parse(bad), Err(Error::NotFound(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn attempts_count_retries_and_broker_returns() {
+        let mut m = Message::default();
+        assert_eq!(attempt(&m, false), 1);
+        assert_eq!(attempt(&m, true), 2);
+        m.headers = json!({"x-delivery-count": 3}).as_object().unwrap().clone();
+        assert_eq!(attempt(&m, true), 4, "quorum count wins over the flag");
+        m.headers = json!({"x-warren-attempt": 3}).as_object().unwrap().clone();
+        assert_eq!(attempt(&m, false), 3);
+        assert_eq!(attempt(&m, true), 4);
+    }
+}

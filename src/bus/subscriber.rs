@@ -1,0 +1,348 @@
+//! One subscription: its own channel and consumer, owned by one task.
+//!
+//! The task pulls a delivery from the broker only when the client's stream
+//! has room (so memory is bounded by the prefetch), remembers what is unacked,
+//! and settles acks and nacks that arrive by delivery id: acks that cover a
+//! contiguous run go to the broker as one `multiple` ack. Ending the task
+//! closes the channel, and the broker takes back whatever was unacked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, LongString};
+use lapin::{BasicProperties, Channel, Consumer};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::delivery::{self, Delivery, DeliveryId};
+use super::publisher::Command;
+use super::publishers::Handle;
+use super::Publish;
+use crate::amqp::{self, codec, Pool};
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// What to do with settled deliveries.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// Processed: remove from the queue.
+    Ack,
+    /// Rejected for good: dead-letter (or drop, without a dead-letter exchange).
+    DeadLetter,
+    /// Try again later.
+    Retry,
+}
+
+/// A request to the subscription task.
+pub(super) enum Settle {
+    /// From a client, by delivery id.
+    Client {
+        ids: Vec<DeliveryId>,
+        action: Action,
+        reply: oneshot::Sender<Result<u32, Error>>,
+    },
+    /// A retry was republished (or failed to be): settle the original.
+    Republished { generation: u64, tag: u64, ok: bool },
+}
+
+/// A delivery the client holds.
+struct Held {
+    body: Bytes,
+    properties: BasicProperties,
+    exchange: String,
+    routing_key: String,
+    attempt: u32,
+}
+
+/// What a subscription task needs.
+pub(super) struct Context {
+    pub pool: Arc<Pool>,
+    pub metrics: Metrics,
+    pub instance: u64,
+    pub republisher: Handle,
+}
+
+pub(super) struct Subscriber {
+    pub id: u64,
+    pub queue: String,
+    pub channel: Channel,
+    pub consumer: Consumer,
+    pub auto_ack: bool,
+    pub ctx: Context,
+    pub settle: mpsc::Receiver<Settle>,
+    pub settle_tx: mpsc::Sender<Settle>,
+    pub out: mpsc::Sender<Result<Delivery, Error>>,
+    pub cancel: CancellationToken,
+}
+
+struct State {
+    generation: u64,
+    held: BTreeMap<u64, Held>,
+    /// Tags the client settled for a retry whose republish is not confirmed yet.
+    retrying: BTreeSet<u64>,
+    to_ack: Vec<u64>,
+    /// Nacks to send before the acks (tag, requeue).
+    to_nack: Vec<(u64, bool)>,
+}
+
+impl Subscriber {
+    pub async fn run(mut self) {
+        let mut state = State {
+            generation: 0,
+            held: BTreeMap::new(),
+            retrying: BTreeSet::new(),
+            to_ack: Vec::new(),
+            to_nack: Vec::new(),
+        };
+        let mut permit = None;
+        let end: Option<Error> = loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break None,
+                Some(request) = self.settle.recv() => {
+                    self.handle(&mut state, request);
+                    while let Ok(request) = self.settle.try_recv() {
+                        self.handle(&mut state, request);
+                    }
+                    if let Err(e) = self.flush(&mut state).await {
+                        break Some(e);
+                    }
+                }
+                reserved = self.out.clone().reserve_owned(), if permit.is_none() => match reserved {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => break None, // the client went away
+                },
+                next = self.consumer.next(), if permit.is_some() => match next {
+                    Some(Ok(d)) => {
+                        let (tag, delivery) = self.accept(&mut state, d);
+                        if self.auto_ack {
+                            state.to_ack.push(tag);
+                            if let Err(e) = self.flush(&mut state).await {
+                                break Some(e);
+                            }
+                        }
+                        self.ctx.metrics.deliveries_total.inc();
+                        permit.take().expect("checked").send(Ok(delivery));
+                    }
+                    Some(Err(e)) => break Some(amqp::classify(&e)),
+                    None => break Some(Error::unavailable(format!("the broker cancelled the consumer of queue {:?}", self.queue))),
+                },
+            }
+        };
+        if let Some(error) = end {
+            warn!(subscription = self.id, queue = %self.queue, %error, "subscription ended by the broker");
+            let _ = self.out.try_send(Err(error));
+        }
+        // Closing the channel hands every unacked delivery back at once.
+        self.ctx.pool.close_channel(&self.channel).await;
+        debug!(
+            subscription = self.id,
+            unacked = state.held.len(),
+            "subscription closed"
+        );
+    }
+
+    fn accept(&self, state: &mut State, d: lapin::message::Delivery) -> (u64, Delivery) {
+        let body = Bytes::from(d.data);
+        let message = codec::message(body.clone(), &d.properties);
+        let attempt = delivery::attempt(&message, d.redelivered);
+        let original = |name: &str, actual: &str| match message.headers.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            _ => actual.to_owned(),
+        };
+        let exchange = original(delivery::ORIGINAL_EXCHANGE_HEADER, d.exchange.as_str());
+        let routing_key = original(
+            delivery::ORIGINAL_ROUTING_KEY_HEADER,
+            d.routing_key.as_str(),
+        );
+        let id = DeliveryId {
+            instance: self.ctx.instance,
+            subscription: self.id,
+            generation: state.generation,
+            tag: d.delivery_tag,
+        };
+        if !self.auto_ack {
+            state.held.insert(
+                d.delivery_tag,
+                Held {
+                    body,
+                    properties: d.properties,
+                    exchange: exchange.clone(),
+                    routing_key: routing_key.clone(),
+                    attempt,
+                },
+            );
+        }
+        let delivery = Delivery {
+            id: id.to_string(),
+            reply_to: message.reply_to.clone(),
+            message,
+            exchange,
+            routing_key,
+            redelivered: d.redelivered,
+            attempt,
+            queue: self.queue.clone(),
+        };
+        (d.delivery_tag, delivery)
+    }
+
+    fn handle(&self, state: &mut State, request: Settle) {
+        match request {
+            Settle::Client { ids, action, reply } => {
+                let _ = reply.send(self.settle_client(state, ids, action));
+            }
+            Settle::Republished {
+                generation,
+                tag,
+                ok,
+            } => {
+                if generation != state.generation || !state.retrying.remove(&tag) {
+                    return;
+                }
+                if ok {
+                    state.to_ack.push(tag);
+                } else {
+                    // The copy was not confirmed: let the broker redeliver the original.
+                    state.to_nack.push((tag, true));
+                }
+            }
+        }
+    }
+
+    /// All-or-nothing: every id must be unsettled on this stream.
+    fn settle_client(
+        &self,
+        state: &mut State,
+        ids: Vec<DeliveryId>,
+        action: Action,
+    ) -> Result<u32, Error> {
+        let mut tags = BTreeSet::new();
+        for id in &ids {
+            if id.generation != state.generation || !state.held.contains_key(&id.tag) {
+                return Err(Error::NotFound(format!(
+                    "delivery {id} is unknown or already settled"
+                )));
+            }
+            tags.insert(id.tag);
+        }
+        let metrics = &self.ctx.metrics;
+        for tag in &tags {
+            let held = state.held.remove(tag).expect("checked above");
+            match action {
+                Action::Ack => {
+                    metrics.acks_total.inc();
+                    state.to_ack.push(*tag);
+                }
+                Action::DeadLetter => {
+                    metrics.nacks_total.with_label_values(&["false"]).inc();
+                    metrics.dead_lettered_total.inc();
+                    state.to_nack.push((*tag, false));
+                }
+                Action::Retry => {
+                    metrics.nacks_total.with_label_values(&["true"]).inc();
+                    metrics.retries_total.inc();
+                    state.retrying.insert(*tag);
+                    self.republish(state.generation, *tag, held);
+                }
+            }
+        }
+        Ok(tags.len() as u32)
+    }
+
+    /// Puts a copy with the next attempt count back on the queue, confirmed,
+    /// before the original is acked: a crash in between duplicates, never loses.
+    fn republish(&self, generation: u64, tag: u64, held: Held) {
+        let mut headers = held.properties.headers().clone().unwrap_or_default();
+        let attempt = i64::from(held.attempt) + 1;
+        headers.insert(
+            delivery::ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(attempt),
+        );
+        for (name, value) in [
+            (delivery::ORIGINAL_EXCHANGE_HEADER, &held.exchange),
+            (delivery::ORIGINAL_ROUTING_KEY_HEADER, &held.routing_key),
+        ] {
+            headers.insert(
+                name.into(),
+                AMQPValue::LongString(LongString::from(value.as_bytes())),
+            );
+        }
+        let mut inner = headers.inner().clone();
+        inner.remove("x-delivery-count");
+        let properties = held.properties.with_headers(inner.into());
+        let (reply, confirmed) = oneshot::channel();
+        let command = Command {
+            publish: Publish {
+                exchange: String::new(),
+                routing_key: self.queue.clone(),
+                message: crate::message::Message {
+                    body: held.body,
+                    ..Default::default()
+                },
+                mandatory: true,
+            },
+            properties: Some(properties),
+            started: Instant::now(),
+            reply,
+        };
+        let (publisher, settle) = (self.ctx.republisher.clone(), self.settle_tx.clone());
+        tokio::spawn(async move {
+            let sent = publisher.0.send(command).await.is_ok();
+            let ok = sent && matches!(confirmed.await, Ok(Ok(_)));
+            let _ = settle
+                .send(Settle::Republished {
+                    generation,
+                    tag,
+                    ok,
+                })
+                .await;
+        });
+    }
+
+    /// Sends pending acks: one `multiple` ack for the run below every tag
+    /// still outstanding, single acks for the rest.
+    async fn flush(&self, state: &mut State) -> Result<(), Error> {
+        // Nacks first: a later `multiple` ack then cannot cover their tags.
+        for (tag, requeue) in std::mem::take(&mut state.to_nack) {
+            let options = BasicNackOptions {
+                requeue,
+                multiple: false,
+            };
+            self.channel
+                .basic_nack(tag, options)
+                .await
+                .map_err(|e| amqp::classify(&e))?;
+        }
+        if state.to_ack.is_empty() {
+            return Ok(());
+        }
+        let mut tags = std::mem::take(&mut state.to_ack);
+        tags.sort_unstable();
+        let outstanding = [state.held.keys().next(), state.retrying.iter().next()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or(u64::MAX);
+        let run = tags.partition_point(|&t| t < outstanding);
+        let ack = |tag, multiple| self.channel.basic_ack(tag, BasicAckOptions { multiple });
+        let result = async {
+            if run > 1 {
+                ack(tags[run - 1], true).await?;
+            } else if run == 1 {
+                ack(tags[0], false).await?;
+            }
+            for &tag in &tags[run..] {
+                ack(tag, false).await?;
+            }
+            Ok::<_, lapin::Error>(())
+        };
+        result.await.map_err(|e| amqp::classify(&e))
+    }
+}

@@ -1,0 +1,337 @@
+//! Opening subscriptions and routing acks and nacks to them by delivery id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Channel;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
+use super::publishers::Handle;
+use super::subscriber::{Action, Context, Settle, Subscriber};
+use crate::amqp::{self, Pool};
+use crate::config;
+use crate::error::Error;
+use crate::message::check_short;
+use crate::metrics::Metrics;
+
+/// A live subscription: a stream of deliveries. Dropping it ends the
+/// subscription and hands unacked deliveries back to the broker.
+pub struct Subscription {
+    /// Deliveries, then at most one error if the broker ended the subscription.
+    pub deliveries: mpsc::Receiver<Result<Delivery, Error>>,
+    /// The queue consumed (the generated name for a temporary queue).
+    pub queue: String,
+    cancel: tokio_util::sync::DropGuard,
+}
+
+impl Subscription {
+    /// Ends the subscription now.
+    pub fn close(self) {
+        drop(self.cancel);
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.deliveries.poll_recv(cx)
+    }
+}
+
+/// Every subscription of the bus.
+pub struct Subscriptions {
+    pool: Arc<Pool>,
+    metrics: Metrics,
+    config: config::Subscribe,
+    operation_timeout: Duration,
+    instance: u64,
+    next_id: AtomicU64,
+    live: Arc<RwLock<HashMap<u64, mpsc::Sender<Settle>>>>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    republisher: Handle,
+}
+
+impl Subscriptions {
+    pub(super) fn new(
+        pool: Arc<Pool>,
+        metrics: Metrics,
+        config: config::Subscribe,
+        operation_timeout: Duration,
+        republisher: Handle,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.max_subscriptions)),
+            pool,
+            metrics,
+            config,
+            operation_timeout,
+            // Random per process: ids from before a restart are unknown after it.
+            instance: rand::random::<u64>() >> 16,
+            next_id: AtomicU64::new(1),
+            live: Arc::new(RwLock::new(HashMap::new())),
+            tracker: TaskTracker::new(),
+            shutdown,
+            republisher,
+        }
+    }
+
+    fn validate(&self, r: &SubscribeRequest) -> Result<u16, Error> {
+        check_short("queue", &r.queue)?;
+        check_short("exchange", &r.exchange)?;
+        if r.queue.is_empty() && r.exchange.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name a queue, or an exchange to bind a temporary queue to".into(),
+            ));
+        }
+        if r.exchange.is_empty() && (!r.binding_keys.is_empty() || !r.header_match.is_empty()) {
+            return Err(Error::InvalidArgument(
+                "binding_keys and header_match need an exchange".into(),
+            ));
+        }
+        for key in &r.binding_keys {
+            check_short("a binding key", key)?;
+        }
+        for (name, value) in &r.header_match {
+            check_short("a header_match name", name)?;
+            check_short("a header_match value", value)?;
+        }
+        match r.prefetch {
+            0 => Ok(self.config.default_prefetch),
+            n if n > u32::from(self.config.max_prefetch) => Err(Error::InvalidArgument(format!(
+                "prefetch {n} is above the limit of {} (subscribe.max_prefetch)",
+                self.config.max_prefetch
+            ))),
+            n => Ok(n as u16),
+        }
+    }
+
+    async fn op<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = lapin::Result<T>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.operation_timeout, f).await {
+            Ok(result) => result.map_err(|e| amqp::classify(&e)),
+            Err(_) => Err(Error::unavailable(format!(
+                "the broker did not answer {what} in time"
+            ))),
+        }
+    }
+
+    /// Declares and binds the subscription's own queue when it names an exchange.
+    async fn prepare_queue(
+        &self,
+        channel: &Channel,
+        r: &SubscribeRequest,
+    ) -> Result<String, Error> {
+        if r.exchange.is_empty() {
+            return Ok(r.queue.clone());
+        }
+        let temporary = r.queue.is_empty();
+        let options = QueueDeclareOptions {
+            durable: !temporary,
+            exclusive: temporary,
+            auto_delete: temporary,
+            ..Default::default()
+        };
+        let declared = self
+            .op(
+                "queue.declare",
+                channel.queue_declare(r.queue.as_str().into(), options, FieldTable::default()),
+            )
+            .await?;
+        let queue = declared.name().as_str().to_owned();
+        let mut bindings: Vec<(String, FieldTable)> = Vec::new();
+        if !r.header_match.is_empty() {
+            let mut args = FieldTable::default();
+            let x_match = if r.match_all { "all" } else { "any" };
+            args.insert(
+                "x-match".into(),
+                AMQPValue::LongString(LongString::from(x_match)),
+            );
+            for (k, v) in &r.header_match {
+                args.insert(
+                    k.as_str().into(),
+                    AMQPValue::LongString(LongString::from(v.as_bytes())),
+                );
+            }
+            bindings.push((String::new(), args));
+        }
+        if r.binding_keys.is_empty() && bindings.is_empty() {
+            bindings.push((String::new(), FieldTable::default()));
+        }
+        bindings.extend(
+            r.binding_keys
+                .iter()
+                .map(|k| (k.clone(), FieldTable::default())),
+        );
+        for (key, args) in bindings {
+            let bind = channel.queue_bind(
+                queue.as_str().into(),
+                r.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                args,
+            );
+            self.op("queue.bind", bind).await.map_err(|e| match e {
+                Error::NotFound(_) => {
+                    Error::NotFound(format!("exchange {:?} does not exist", r.exchange))
+                }
+                e => e,
+            })?;
+        }
+        Ok(queue)
+    }
+
+    /// Opens a subscription.
+    pub async fn open(&self, r: SubscribeRequest) -> Result<Subscription, Error> {
+        let prefetch = self.validate(&r)?;
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            Error::LimitReached(format!(
+                "all {} subscriptions are in use (subscribe.max_subscriptions)",
+                self.config.max_subscriptions
+            ))
+        })?;
+        let channel = self.pool.open_channel().await?;
+        let opened = self.start(&channel, &r, prefetch).await;
+        let (queue, consumer) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.pool.close_channel(&channel).await;
+                return Err(e);
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (settle_tx, settle) = mpsc::channel(64);
+        let (out, deliveries) = mpsc::channel(usize::from(prefetch).clamp(1, 1024));
+        let cancel = self.shutdown.child_token();
+        self.live
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, settle_tx.clone());
+        let subscriber = Subscriber {
+            id,
+            queue: queue.clone(),
+            channel,
+            consumer,
+            auto_ack: r.auto_ack,
+            ctx: Context {
+                pool: self.pool.clone(),
+                metrics: self.metrics.clone(),
+                instance: self.instance,
+                republisher: self.republisher.clone(),
+            },
+            settle,
+            settle_tx,
+            out,
+            cancel: cancel.clone(),
+        };
+        let live = self.live.clone();
+        self.tracker.spawn(async move {
+            subscriber.run().await;
+            live.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            drop(slot);
+        });
+        Ok(Subscription {
+            deliveries,
+            queue,
+            cancel: cancel.drop_guard(),
+        })
+    }
+
+    async fn start(
+        &self,
+        channel: &Channel,
+        r: &SubscribeRequest,
+        prefetch: u16,
+    ) -> Result<(String, lapin::Consumer), Error> {
+        self.op(
+            "basic.qos",
+            channel.basic_qos(prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let queue = self.prepare_queue(channel, r).await?;
+        let mut args = FieldTable::default();
+        if r.consumer_priority != 0 {
+            args.insert("x-priority".into(), AMQPValue::LongInt(r.consumer_priority));
+        }
+        let consume = channel.basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        );
+        let consumer = self
+            .op("basic.consume", consume)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => Error::NotFound(format!("queue {queue:?} does not exist")),
+                e => e,
+            })?;
+        Ok((queue, consumer))
+    }
+
+    /// Settles deliveries by id; unknown, settled or orphaned ids are NOT_FOUND.
+    pub async fn settle(&self, ids: &[String], action: Action) -> Result<u32, Error> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("no delivery_ids given".into()));
+        }
+        let mut by_subscription: HashMap<u64, Vec<DeliveryId>> = HashMap::new();
+        for id in ids {
+            let parsed = DeliveryId::parse(id)?;
+            if parsed.instance != self.instance {
+                return Err(Error::NotFound(format!("delivery {id} is from an earlier Warren process; its message is back in the queue")));
+            }
+            by_subscription
+                .entry(parsed.subscription)
+                .or_default()
+                .push(parsed);
+        }
+        let mut senders = Vec::with_capacity(by_subscription.len());
+        {
+            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+            for (sub, ids) in by_subscription {
+                let Some(sender) = live.get(&sub) else {
+                    return Err(Error::NotFound(format!(
+                        "delivery {} belongs to a subscription that has ended; its message is back in the queue",
+                        ids[0]
+                    )));
+                };
+                senders.push((sender.clone(), ids));
+            }
+        }
+        let mut settled = 0;
+        for (sender, ids) in senders {
+            let (reply, answer) = oneshot::channel();
+            let gone = || {
+                Error::NotFound("the subscription of these deliveries has ended; their messages are back in the queue".into())
+            };
+            sender
+                .send(Settle::Client { ids, action, reply })
+                .await
+                .map_err(|_| gone())?;
+            settled += answer.await.map_err(|_| gone())??;
+        }
+        Ok(settled)
+    }
+
+    /// Waits until every subscription has closed its channel.
+    pub async fn closed(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}

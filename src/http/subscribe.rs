@@ -1,0 +1,168 @@
+//! `GET /v1/subscribe/{queue}` as Server-Sent Events, `POST /v1/ack`, `POST /v1/nack`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::body::{self, JsonOut};
+use super::problem::Problem;
+use super::AppState;
+use crate::bus::{Delivery, SubscribeRequest};
+use crate::error::Error;
+
+/// Query parameters of a subscription.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    prefetch: u32,
+    auto_ack: bool,
+    /// Bind the queue (or, with queue `_`, a temporary one) to this exchange.
+    exchange: String,
+    /// Comma-separated binding keys.
+    binding_keys: String,
+    consumer_priority: i32,
+}
+
+/// A delivery as one line of JSON.
+#[derive(Debug, Serialize)]
+pub struct JsonDelivery {
+    delivery_id: String,
+    message: JsonOut,
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
+    attempt: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reply_to: String,
+    queue: String,
+}
+
+impl From<Delivery> for JsonDelivery {
+    fn from(d: Delivery) -> Self {
+        Self {
+            delivery_id: d.id,
+            message: d.message.into(),
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            redelivered: d.redelivered,
+            attempt: d.attempt,
+            reply_to: d.reply_to,
+            queue: d.queue,
+        }
+    }
+}
+
+fn event(item: Result<Delivery, Error>) -> Event {
+    match item {
+        Ok(delivery) => {
+            let id = delivery.id.clone();
+            let data = serde_json::to_string(&JsonDelivery::from(delivery)).unwrap_or_default();
+            Event::default().id(id).data(data)
+        }
+        // The broker ended the subscription: say why, then the stream ends.
+        Err(e) => Event::default().event("error").data(
+            serde_json::json!({"code": e.code(), "status": e.http_status(), "detail": e.to_string()}).to_string(),
+        ),
+    }
+}
+
+/// `GET /v1/subscribe/{queue}?prefetch=N&auto_ack=false`.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let Query(params) = params.map_err(|e| Error::InvalidArgument(e.body_text()))?;
+    let temporary = queue == "_" && !params.exchange.is_empty();
+    let request = SubscribeRequest {
+        queue: if temporary { String::new() } else { queue },
+        prefetch: params.prefetch,
+        auto_ack: params.auto_ack,
+        exchange: params.exchange,
+        binding_keys: params
+            .binding_keys
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        header_match: BTreeMap::new(),
+        match_all: false,
+        consumer_priority: params.consumer_priority,
+    };
+    let subscription = state.bus.subscribe(request).await?;
+    let keepalive = state.bus.config().subscribe.keepalive;
+    // Ends when the client disconnects (the stream is dropped), when the
+    // broker ends the subscription, or at shutdown.
+    let stream = subscription
+        .map(|item| Ok(event(item)))
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
+}
+
+/// The body of `POST /v1/ack` and `POST /v1/nack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    delivery_ids: Vec<String>,
+    #[serde(default)]
+    requeue: bool,
+    #[serde(default)]
+    delay_ms: u32,
+}
+
+/// How many deliveries were settled.
+#[derive(Debug, Serialize)]
+pub struct Settled {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nacked: Option<u32>,
+}
+
+async fn settle_request(headers: &HeaderMap, body: Body) -> Result<SettleRequest, Error> {
+    let bytes = body::read(headers, body, 1024 * 1024).await?;
+    body::json(&bytes)
+}
+
+/// `POST /v1/ack` `{delivery_ids}`.
+pub async fn ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Settled>, Problem> {
+    let request = settle_request(&headers, body).await?;
+    if request.requeue || request.delay_ms != 0 {
+        return Err(
+            Error::InvalidArgument("requeue and delay_ms belong to /v1/nack".into()).into(),
+        );
+    }
+    let acked = state.bus.ack(&request.delivery_ids).await?;
+    Ok(Json(Settled {
+        acked: Some(acked),
+        nacked: None,
+    }))
+}
+
+/// `POST /v1/nack` `{delivery_ids, requeue}`.
+pub async fn nack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Settled>, Problem> {
+    let request = settle_request(&headers, body).await?;
+    let nacked = state
+        .bus
+        .nack(&request.delivery_ids, request.requeue)
+        .await?;
+    Ok(Json(Settled {
+        acked: None,
+        nacked: Some(nacked),
+    }))
+}
