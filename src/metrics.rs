@@ -40,6 +40,8 @@ pub struct Metrics {
     pub dead_lettered_total: IntCounter,
     /// `warren_rpc_duration_seconds`.
     pub rpc_duration: Histogram,
+    /// `warren_rpc_late_replies_total`: replies nobody waited for any more.
+    pub rpc_late_replies_total: IntCounter,
     /// `warren_retries_total`.
     pub retries_total: IntCounter,
     /// `warren_circuit_breaker_state`: 0 closed, 1 half-open, 2 open.
@@ -123,6 +125,10 @@ impl Metrics {
                 "Messages dead-lettered by Warren's retry policy or a nack without requeue.",
             ),
             rpc_duration: histogram("warren_rpc_duration_seconds", "Duration of RPC calls."),
+            rpc_late_replies_total: counter(
+                "warren_rpc_late_replies_total",
+                "RPC replies dropped because their caller had given up.",
+            ),
             retries_total: counter(
                 "warren_retries_total",
                 "Retries of publishes and deliveries.",

@@ -57,6 +57,27 @@ pub fn is_channel_error(error: &lapin::Error) -> bool {
     error.is_amqp_soft_error()
 }
 
+/// The exchange a channel-close reason names: `... exchange 'name' in vhost ...`.
+pub fn exchange_in(reason: &str) -> Option<String> {
+    let start = reason.find("exchange '")? + "exchange '".len();
+    let rest = &reason[start..];
+    let end = rest.rfind("' in vhost").or_else(|| rest.find('\''))?;
+    Some(rest[..end].to_owned())
+}
+
+/// The bus error for a failed publish of a message to `exchange`: a channel
+/// closed because of another message's exchange is UNAVAILABLE for this one.
+pub fn publish_error(error: &lapin::Error, exchange: &str) -> Error {
+    if is_channel_error(error) {
+        if let Some(culprit) = exchange_in(&error.to_string()) {
+            if culprit != exchange {
+                return Error::unavailable("the channel was closed by another message");
+            }
+        }
+    }
+    classify(error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::mask;

@@ -8,6 +8,7 @@ mod delivery;
 mod exchanges;
 mod publisher;
 mod publishers;
+mod rpc;
 mod subscriber;
 mod subscriptions;
 
@@ -29,6 +30,7 @@ pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 use exchanges::Exchanges;
 pub use publishers::Handle as PublisherHandle;
 use publishers::Publishers;
+use rpc::Rpc;
 use subscriber::Action;
 pub use subscriptions::Subscription;
 use subscriptions::Subscriptions;
@@ -79,6 +81,7 @@ pub struct Bus {
     exchanges: Arc<Exchanges>,
     publishers: Arc<Publishers>,
     subscriptions: Subscriptions,
+    rpc: Rpc,
     shutdown: CancellationToken,
     closing: AtomicBool,
     topology_declared: AtomicBool,
@@ -118,7 +121,14 @@ impl Bus {
             publishers.shared(),
             shutdown.clone(),
         );
+        let rpc = Rpc::new(
+            publish_pool.clone(),
+            metrics.clone(),
+            config.rpc.clone(),
+            config.amqp.operation_timeout,
+        );
         Arc::new(Self {
+            rpc,
             config,
             metrics,
             publish_pool,
@@ -255,6 +265,47 @@ impl Bus {
         publish.message.ensure_id();
         self.exchanges.check(&publish.exchange).await?;
         Ok(publish)
+    }
+
+    /// Request/reply: publishes `request` with a reply-to and a fresh
+    /// correlation id and waits for the reply, at most the sooner of
+    /// `timeout_ms` (0: the default) and `deadline`.
+    pub async fn call(
+        &self,
+        request: Publish,
+        timeout_ms: u32,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Message, Error> {
+        let timeout = self.rpc.timeout(timeout_ms, deadline)?;
+        let mut request = self.prepare(request).await?;
+        // Call sets these itself; a client's values would be overwritten.
+        request.message.reply_to.clear();
+        self.rpc
+            .call(
+                &request.exchange,
+                &request.routing_key,
+                request.message,
+                timeout,
+            )
+            .await
+    }
+
+    /// Answers a delivered request: publishes `message` to its reply_to with
+    /// its correlation id (confirmed), then acks the request.
+    pub async fn reply(&self, delivery_id: &str, mut message: Message) -> Result<(), Error> {
+        self.check_open()?;
+        let (reply_to, correlation_id) = self.subscriptions.reply_target(delivery_id).await?;
+        message.correlation_id = correlation_id;
+        message.reply_to.clear();
+        let publish = Publish {
+            exchange: String::new(),
+            routing_key: reply_to,
+            message,
+            mandatory: false,
+        };
+        let publisher = self.publishers.shared();
+        self.publish(&publisher, publish).await?;
+        self.ack(&[delivery_id.to_owned()]).await.map(|_| ())
     }
 
     /// Graceful stop: refuse new work, let publishers settle what they hold

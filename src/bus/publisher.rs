@@ -275,7 +275,7 @@ impl Task {
         }
         self.drop_channel().await;
         let culprit = amqp::is_channel_error(&error)
-            .then(|| exchange_in(&error.to_string()))
+            .then(|| amqp::exchange_in(&error.to_string()))
             .flatten();
         warn!(%error, culprit = ?culprit, in_flight = self.in_flight.len(), "publisher channel closed; republishing what it held");
         let pending = std::mem::take(&mut self.in_flight);
@@ -327,17 +327,9 @@ impl Task {
     }
 }
 
-/// The exchange a channel-close reason names: `... exchange 'name' in vhost ...`.
-fn exchange_in(reason: &str) -> Option<String> {
-    let start = reason.find("exchange '")? + "exchange '".len();
-    let rest = &reason[start..];
-    let end = rest.rfind("' in vhost").or_else(|| rest.find('\''))?;
-    Some(rest[..end].to_owned())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::exchange_in;
+    use crate::amqp::exchange_in;
 
     #[test]
     fn finds_the_exchange_in_close_reasons() {

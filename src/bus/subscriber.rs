@@ -47,6 +47,11 @@ pub(super) enum Settle {
         action: Action,
         reply: oneshot::Sender<Result<u32, Error>>,
     },
+    /// Where to send the reply to a delivery (reply_to, correlation_id).
+    Peek {
+        id: DeliveryId,
+        reply: oneshot::Sender<Result<(String, String), Error>>,
+    },
     /// A retry was republished (or failed to be): settle the original.
     Republished { generation: u64, tag: u64, ok: bool },
 }
@@ -197,6 +202,9 @@ impl Subscriber {
             Settle::Client { ids, action, reply } => {
                 let _ = reply.send(self.settle_client(state, ids, action));
             }
+            Settle::Peek { id, reply } => {
+                let _ = reply.send(peek(state, id));
+            }
             Settle::Republished {
                 generation,
                 tag,
@@ -345,4 +353,30 @@ impl Subscriber {
         };
         result.await.map_err(|e| amqp::classify(&e))
     }
+}
+
+fn peek(state: &State, id: DeliveryId) -> Result<(String, String), Error> {
+    let held = state
+        .held
+        .get(&id.tag)
+        .filter(|_| id.generation == state.generation)
+        .ok_or_else(|| Error::NotFound(format!("delivery {id} is unknown or already settled")))?;
+    let reply_to = held
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default();
+    if reply_to.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "delivery {id} has no reply_to: there is nobody to reply to"
+        )));
+    }
+    let correlation_id = held
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_default();
+    Ok((reply_to, correlation_id))
 }

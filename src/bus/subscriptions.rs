@@ -329,6 +329,30 @@ impl Subscriptions {
         Ok(settled)
     }
 
+    /// The reply_to and correlation_id of an unsettled delivery.
+    pub async fn reply_target(&self, id: &str) -> Result<(String, String), Error> {
+        let parsed = DeliveryId::parse(id)?;
+        let sender = (parsed.instance == self.instance)
+            .then(|| {
+                self.live
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&parsed.subscription)
+                    .cloned()
+            })
+            .flatten()
+            .ok_or_else(|| {
+                Error::NotFound(format!("delivery {id} belongs to no live subscription"))
+            })?;
+        let (reply, answer) = oneshot::channel();
+        let gone = || Error::NotFound(format!("delivery {id} belongs to no live subscription"));
+        sender
+            .send(Settle::Peek { id: parsed, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
     /// Waits until every subscription has closed its channel.
     pub async fn closed(&self) {
         self.tracker.close();

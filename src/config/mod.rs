@@ -28,6 +28,8 @@ pub struct Config {
     pub publish: Publish,
     /// Subscriptions.
     pub subscribe: Subscribe,
+    /// Request/reply.
+    pub rpc: Rpc,
     /// Logging.
     pub log: Log,
     /// Graceful shutdown.
@@ -178,6 +180,33 @@ impl Default for Subscribe {
             max_prefetch: 10_000,
             keepalive: Duration::from_secs(15),
             max_subscriptions: 1024,
+        }
+    }
+}
+
+/// `[rpc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rpc {
+    /// Timeout of a call that sets no `timeout_ms`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Longest timeout a call may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Most calls awaiting their reply at once (RESOURCE_EXHAUSTED past it).
+    pub max_pending: usize,
+    /// Channels for calls, each with its direct reply-to consumer.
+    pub channels: usize,
+}
+
+impl Default for Rpc {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(5),
+            max_timeout: Duration::from_secs(300),
+            max_pending: 10_000,
+            channels: 2,
         }
     }
 }
@@ -341,6 +370,7 @@ impl Config {
             ("amqp.operation_timeout", self.amqp.operation_timeout),
             ("publish.confirm_timeout", self.publish.confirm_timeout),
             ("subscribe.keepalive", self.subscribe.keepalive),
+            ("rpc.default_timeout", self.rpc.default_timeout),
         ];
         for (key, value) in durations {
             if value.is_zero() {
@@ -363,6 +393,13 @@ impl Config {
                 "subscribe.default_prefetch",
                 self.subscribe.default_prefetch,
                 "must not exceed subscribe.max_prefetch",
+            ));
+        }
+        if self.rpc.default_timeout > self.rpc.max_timeout {
+            return Err(invalid(
+                "rpc.default_timeout",
+                humantime::format_duration(self.rpc.default_timeout),
+                "must not exceed rpc.max_timeout",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

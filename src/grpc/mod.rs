@@ -28,6 +28,29 @@ pub fn status(error: &Error) -> tonic::Status {
     tonic::Status::new(tonic::Code::from(error.code() as i32), error.to_string())
 }
 
+/// The caller's deadline from the `grpc-timeout` header, if any, less a
+/// little: tonic's own deadline layer answers CANCELLED when the full time is
+/// up, and the caller should see DEADLINE_EXCEEDED from Warren first.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let full = header_timeout(metadata)?;
+    Some(full.saturating_sub((full / 20).min(Duration::from_millis(20))))
+}
+
+fn header_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Serves gRPC on `listener` until `shutdown` is cancelled and in-flight
 /// calls are done.
 pub async fn serve(
@@ -86,5 +109,33 @@ async fn report_health(
             health.set_service_status("warren.v1.Bus", status).await;
             last = Some(ready);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(deadline(&m), None);
+        m.insert("grpc-timeout", "1S".parse().unwrap());
+        assert_eq!(
+            deadline(&m),
+            Some(Duration::from_millis(980)),
+            "answers before tonic cancels"
+        );
+        for (v, d) in [
+            ("250m", Duration::from_millis(250)),
+            ("3S", Duration::from_secs(3)),
+            ("1H", Duration::from_secs(3600)),
+            ("7u", Duration::from_micros(7)),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(header_timeout(&m), Some(d), "{v}");
+        }
+        m.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(deadline(&m), None);
     }
 }

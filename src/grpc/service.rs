@@ -170,15 +170,40 @@ impl proto::bus_server::Bus for Service {
 
     async fn call(
         &self,
-        _request: Request<proto::CallRequest>,
+        request: Request<proto::CallRequest>,
     ) -> Result<Response<proto::CallResponse>, Status> {
-        Err(status(&Error::Unimplemented("Call")))
+        let deadline = super::deadline(request.metadata());
+        let request = request.into_inner();
+        let timeout_ms = request.timeout_ms;
+        let publish = convert::publish(proto::PublishRequest {
+            exchange: request.exchange,
+            routing_key: request.routing_key,
+            message: request.message,
+            allow_unroutable: false,
+            request_id: String::new(),
+        })
+        .map_err(|e| status(&e))?;
+        let reply = self
+            .bus
+            .call(publish, timeout_ms, deadline)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(proto::CallResponse {
+            message: Some(convert::to_proto(reply)),
+        }))
     }
 
     async fn reply(
         &self,
-        _request: Request<proto::ReplyRequest>,
+        request: Request<proto::ReplyRequest>,
     ) -> Result<Response<proto::ReplyResponse>, Status> {
-        Err(status(&Error::Unimplemented("Reply")))
+        let request = request.into_inner();
+        let message =
+            convert::message(request.message.unwrap_or_default()).map_err(|e| status(&e))?;
+        self.bus
+            .reply(&request.delivery_id, message)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(proto::ReplyResponse {}))
     }
 }

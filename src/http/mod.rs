@@ -6,6 +6,7 @@
 pub mod body;
 mod problem;
 mod publish;
+mod rpc;
 mod subscribe;
 
 use std::sync::Arc;
@@ -34,15 +35,14 @@ pub struct AppState {
 
 /// The routes of the HTTP API.
 pub fn router(state: AppState) -> Router {
-    let later = |what: &'static str| move || async move { Problem(Error::Unimplemented(what)) };
     Router::new()
         .route("/v1/publish", post(publish::json))
         .route("/v1/publish/{exchange}/{routing_key}", post(publish::raw))
         .route("/v1/subscribe/{queue}", get(subscribe::subscribe))
         .route("/v1/ack", post(subscribe::ack))
         .route("/v1/nack", post(subscribe::nack))
-        .route("/v1/call", post(later("call")))
-        .route("/v1/reply", post(later("reply")))
+        .route("/v1/call", post(rpc::call))
+        .route("/v1/reply", post(rpc::reply))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,72 @@
+//! `POST /v1/call` and `POST /v1/reply`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::body::{self, JsonMessage, JsonOut};
+use super::problem::Problem;
+use super::AppState;
+use crate::bus::Publish;
+
+/// The body of `POST /v1/call`: where to, the message, the timeout.
+#[derive(Debug, Deserialize)]
+pub struct CallJson {
+    #[serde(default)]
+    exchange: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    timeout_ms: u32,
+    #[serde(flatten)]
+    message: JsonMessage,
+}
+
+/// `POST /v1/call` -> the reply message; 504 when no reply came in time.
+pub async fn call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<JsonOut>, Problem> {
+    let max = state.bus.config().publish.max_body_bytes;
+    let bytes = body::read(&headers, body, body::json_limit(max)).await?;
+    let request: CallJson = body::json(&bytes)?;
+    let publish = Publish {
+        exchange: request.exchange,
+        routing_key: request.routing_key,
+        message: request.message.into_message()?,
+        mandatory: true,
+    };
+    let reply = state.bus.call(publish, request.timeout_ms, None).await?;
+    Ok(Json(reply.into()))
+}
+
+/// The body of `POST /v1/reply`.
+#[derive(Debug, Deserialize)]
+pub struct ReplyJson {
+    delivery_id: String,
+    #[serde(flatten)]
+    message: JsonMessage,
+}
+
+/// What a reply answers.
+#[derive(Debug, Serialize)]
+pub struct Replied {
+    replied: bool,
+}
+
+/// `POST /v1/reply`: answers a delivered request and acks it.
+pub async fn reply(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Replied>, Problem> {
+    let max = state.bus.config().publish.max_body_bytes;
+    let bytes = body::read(&headers, body, body::json_limit(max)).await?;
+    let request: ReplyJson = body::json(&bytes)?;
+    let message = request.message.into_message()?;
+    state.bus.reply(&request.delivery_id, message).await?;
+    Ok(Json(Replied { replied: true }))
+}
