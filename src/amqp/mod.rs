@@ -7,7 +7,7 @@ pub mod codec;
 mod pool;
 pub mod topology;
 
-pub use pool::{Pool, Role};
+pub use pool::{reconnect_backoff, Pool, Role};
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::ErrorKind;

@@ -50,6 +50,7 @@ pub struct Pool {
     operation_timeout: Duration,
     close: CancellationToken,
     metrics: Metrics,
+    epoch: Arc<watch::Sender<u64>>,
 }
 
 impl Pool {
@@ -57,6 +58,7 @@ impl Pool {
     /// [`Pool::wait_connected`] to wait for the broker.
     pub fn start(role: Role, amqp: &config::Amqp, metrics: Metrics) -> Arc<Self> {
         let close = CancellationToken::new();
+        let epoch = Arc::new(watch::Sender::new(0));
         let slots = (0..amqp.pool_size)
             .map(|index| {
                 let (tx, rx) = watch::channel(None);
@@ -68,6 +70,7 @@ impl Pool {
                     tx,
                     close: close.clone(),
                     metrics: metrics.clone(),
+                    epoch: epoch.clone(),
                 };
                 tokio::spawn(supervisor.run());
                 rx
@@ -80,7 +83,14 @@ impl Pool {
             operation_timeout: amqp.operation_timeout,
             close,
             metrics,
+            epoch,
         })
+    }
+
+    /// Counts connections made: changes whenever one (re)connects, so that
+    /// what lives on the broker can be declared again.
+    pub fn connections_made(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
     }
 
     /// The role of this pool.
@@ -177,10 +187,12 @@ struct Supervisor {
     tx: watch::Sender<Option<Arc<Connection>>>,
     close: CancellationToken,
     metrics: Metrics,
+    epoch: Arc<watch::Sender<u64>>,
 }
 
-/// Backoff between rounds of connection attempts.
-pub(crate) fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+/// Backoff between rounds of connection attempts: 100 ms doubling to 5 s,
+/// with jitter.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
@@ -208,6 +220,7 @@ impl Supervisor {
             let connection = Arc::new(connection);
             self.metrics.amqp_connections.inc();
             self.tx.send_replace(Some(connection.clone()));
+            self.epoch.send_modify(|n| *n += 1);
             let closing = self.watch(&connection).await;
             self.tx.send_replace(None);
             self.metrics.amqp_connections.dec();

@@ -4,6 +4,8 @@
 //! gRPC and HTTP layers turn requests into calls on it and its [`Error`]s into
 //! status codes; nothing else in them knows about AMQP.
 
+mod breaker;
+mod consume;
 mod delivery;
 mod exchanges;
 mod publisher;
@@ -18,7 +20,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::amqp::{self, topology, Pool, Role};
 use crate::config::Config;
@@ -26,6 +28,7 @@ use crate::error::Error;
 use crate::message::{check_short, Message};
 use crate::metrics::{outcome, Metrics};
 
+use breaker::Breaker;
 pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 use exchanges::Exchanges;
 pub use publishers::Handle as PublisherHandle;
@@ -82,6 +85,7 @@ pub struct Bus {
     publishers: Arc<Publishers>,
     subscriptions: Subscriptions,
     rpc: Rpc,
+    breaker: Arc<Breaker>,
     shutdown: CancellationToken,
     closing: AtomicBool,
     topology_declared: AtomicBool,
@@ -99,12 +103,18 @@ impl Bus {
             config.amqp.operation_timeout,
         ));
         let shutdown = CancellationToken::new();
+        let breaker = Arc::new(Breaker::new(
+            &config.breaker,
+            metrics.circuit_breaker_state.clone(),
+        ));
         let ctx = publisher::Context {
+            breaker: breaker.clone(),
             pool: publish_pool.clone(),
             exchanges: exchanges.clone(),
             metrics: metrics.clone(),
             max_in_flight: config.publish.max_in_flight,
             confirm_timeout: config.publish.confirm_timeout,
+            retry_budget: config.publish.retry_budget,
         };
         let publishers = Publishers::new(
             ctx,
@@ -129,6 +139,7 @@ impl Bus {
         );
         Arc::new(Self {
             rpc,
+            breaker,
             config,
             metrics,
             publish_pool,
@@ -154,8 +165,35 @@ impl Bus {
 
     /// Waits for the broker, then declares the configured topology. A refusal
     /// is returned (and should stop start-up).
-    pub async fn declare_topology(&self) -> Result<(), topology::Refused> {
+    pub async fn declare_topology(self: &Arc<Self>) -> Result<(), topology::Refused> {
+        let mut reconnects = self.publish_pool.connections_made();
         self.publish_pool.wait_connected().await;
+        reconnects.mark_unchanged();
+        self.declare_once().await?;
+        self.topology_declared.store(true, Ordering::Release);
+        // After the broker comes back (a restart may have lost non-durable
+        // parts), declare it all again.
+        let bus = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = reconnects.changed() => if changed.is_err() { return },
+                }
+                let Some(bus) = bus.upgrade() else { return };
+                match bus.declare_once().await {
+                    Ok(()) => info!("topology declared again after a reconnect"),
+                    Err(e) => {
+                        warn!(error = %e, "could not declare the topology again after a reconnect")
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn declare_once(&self) -> Result<(), topology::Refused> {
         let refused = |reason: String| topology::Refused {
             what: "the topology".into(),
             reason,
@@ -167,9 +205,7 @@ impl Bus {
             .map_err(|e| refused(e.to_string()))?;
         let result = topology::declare(&channel, &self.config.topology).await;
         self.publish_pool.close_channel(&channel).await;
-        result?;
-        self.topology_declared.store(true, Ordering::Release);
-        Ok(())
+        result
     }
 
     /// Whether Warren can serve: connected to the broker, topology declared,
@@ -246,6 +282,7 @@ impl Bus {
 
     async fn prepare(&self, mut publish: Publish) -> Result<Publish, Error> {
         self.check_open()?;
+        self.breaker.check()?;
         check_short("exchange", &publish.exchange)?;
         check_short("routing_key", &publish.routing_key)?;
         publish

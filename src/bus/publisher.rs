@@ -43,6 +43,8 @@ pub(super) struct Command {
 struct InFlight {
     command: Command,
     attempts: u32,
+    /// The channel generation it was last sent on.
+    generation: u64,
 }
 
 enum Outcome {
@@ -71,11 +73,25 @@ type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
 /// What a publisher task needs from the bus.
 #[derive(Clone)]
 pub(super) struct Context {
+    pub breaker: Arc<super::breaker::Breaker>,
     pub pool: Arc<Pool>,
     pub exchanges: Arc<Exchanges>,
     pub metrics: Metrics,
     pub max_in_flight: usize,
     pub confirm_timeout: Duration,
+    pub retry_budget: Duration,
+}
+
+/// Backoff between attempts to get a channel back: 50 ms doubling to 2 s,
+/// with jitter so that many publishers do not retry in step.
+fn retry_backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Starts a publisher task; it runs until every sender of the returned queue
@@ -134,6 +150,14 @@ impl Task {
                     Some(command) => self.start(command).await,
                     None => open = false,
                 },
+                else => {
+                    // Unreachable while every message in flight has its confirm
+                    // future; never leave a caller waiting if that breaks.
+                    for (_, entry) in std::mem::take(&mut self.in_flight) {
+                        self.finish(entry.command, Err(Error::Internal("publisher lost track of a message".into())));
+                    }
+                    open = false;
+                }
             }
         }
         if let Some(channel) = self.channel.take() {
@@ -182,8 +206,9 @@ impl Task {
         let entry = InFlight {
             command,
             attempts: 0,
+            generation: 0,
         };
-        match self.channel().await {
+        match self.channel_within_budget(entry.command.started).await {
             Ok(channel) => self.send(seq, entry, &channel),
             Err(error) => self.finish(entry.command, Err(error)),
         }
@@ -193,6 +218,7 @@ impl Task {
     /// FuturesUnordered makes in push order) and tracks its confirm.
     fn send(&mut self, seq: u64, mut entry: InFlight, channel: &Channel) {
         entry.attempts += 1;
+        entry.generation = self.generation;
         let publish = &entry.command.publish;
         let channel = channel.clone();
         let exchange = publish.exchange.as_str().into();
@@ -229,8 +255,15 @@ impl Task {
     }
 
     async fn settle(&mut self, seq: u64, generation: u64, outcome: Outcome) {
-        if generation != self.generation {
-            return; // from a replaced channel: already republished or answered
+        if self
+            .in_flight
+            .get(&seq)
+            .is_none_or(|e| e.generation != generation)
+        {
+            return; // an earlier attempt's: answered, or republished since
+        }
+        if let Outcome::Failed(error) = outcome {
+            return self.recover(error, generation).await;
         }
         let Some(entry) = self.in_flight.remove(&seq) else {
             return;
@@ -250,44 +283,58 @@ impl Task {
             }
             Outcome::TimedOut => {
                 // The channel's state is unknown: start afresh for later messages.
-                self.drop_channel().await;
+                if generation == self.generation {
+                    self.drop_channel().await;
+                }
                 Err(Error::unavailable(format!(
                     "the broker did not confirm the message within {:?}",
                     self.ctx.confirm_timeout
                 )))
             }
-            Outcome::Failed(error) => {
-                self.in_flight.insert(seq, entry);
-                return self.recover(error).await;
-            }
+            Outcome::Failed(_) => unreachable!("handled above"),
         };
         self.finish(entry.command, result);
     }
 
-    /// The channel failed under the messages in flight.
-    async fn recover(&mut self, error: lapin::Error) {
+    /// The channel of `generation` failed under the messages sent on it.
+    async fn recover(&mut self, error: lapin::Error, generation: u64) {
         // Settle what the broker confirmed before the failure first, so that
         // those messages are not published twice.
-        while let Some(Some((seq, generation, outcome))) = self.confirms.next().now_or_never() {
+        while let Some(Some((seq, g, outcome))) = self.confirms.next().now_or_never() {
             if !matches!(outcome, Outcome::Failed(_) | Outcome::TimedOut) {
-                Box::pin(self.settle(seq, generation, outcome)).await;
+                Box::pin(self.settle(seq, g, outcome)).await;
             }
         }
-        self.drop_channel().await;
-        let culprit = amqp::is_channel_error(&error)
+        if generation == self.generation {
+            self.drop_channel().await;
+        }
+        let soft = amqp::is_channel_error(&error);
+        let culprit = soft
             .then(|| amqp::exchange_in(&error.to_string()))
             .flatten();
-        warn!(%error, culprit = ?culprit, in_flight = self.in_flight.len(), "publisher channel closed; republishing what it held");
-        let pending = std::mem::take(&mut self.in_flight);
+        warn!(%error, culprit = ?culprit, in_flight = self.in_flight.len(), "publisher channel failed; republishing what it held");
+        let caught: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.generation == generation)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let pending: Vec<(u64, InFlight)> = caught
+            .into_iter()
+            .filter_map(|seq| self.in_flight.remove(&seq).map(|e| (seq, e)))
+            .collect();
         let mut retry = Vec::with_capacity(pending.len());
         for (seq, entry) in pending {
             let caused_it = culprit.as_deref() == Some(entry.command.publish.exchange.as_str());
-            if caused_it || entry.attempts >= MAX_ATTEMPTS {
+            if caused_it || (soft && entry.attempts >= MAX_ATTEMPTS) {
                 let e = amqp::classify(&error);
                 if matches!(e, Error::NotFound(_)) {
                     self.ctx.exchanges.forget(&entry.command.publish.exchange);
                 }
                 self.finish(entry.command, Err(e));
+            } else if entry.command.reply.is_closed() {
+                // The caller gave up (deadline, disconnect) and was told so.
+                self.ctx.metrics.publish(outcome::UNAVAILABLE);
             } else {
                 retry.push((seq, entry));
             }
@@ -295,7 +342,7 @@ impl Task {
         if retry.is_empty() {
             return;
         }
-        match self.channel().await {
+        match self.channel_within_budget(Instant::now()).await {
             Ok(channel) => {
                 for (seq, entry) in retry {
                     self.ctx.metrics.retries_total.inc();
@@ -311,7 +358,28 @@ impl Task {
         }
     }
 
+    /// A channel, trying again with exponential backoff and jitter while the
+    /// broker is unavailable, for at most `publish.retry_budget` from `since`.
+    async fn channel_within_budget(&mut self, since: Instant) -> Result<Channel, Error> {
+        let mut backoff = retry_backoff();
+        loop {
+            match self.channel().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) if e.is_retryable() && since.elapsed() < self.ctx.retry_budget => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                    debug!(error = %e, ?delay, "no channel for publishing yet; trying again");
+                    tokio::time::sleep(
+                        delay.min(self.ctx.retry_budget.saturating_sub(since.elapsed())),
+                    )
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn finish(&self, command: Command, result: Result<Confirmed, Error>) {
+        self.ctx.breaker.record(&result);
         let metrics = &self.ctx.metrics;
         match &result {
             Ok(_) => {

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::consume::{Opened, Opener};
 use super::delivery::{self, Delivery, DeliveryId};
 use super::publisher::Command;
 use super::publishers::Handle;
@@ -75,6 +76,8 @@ pub(super) struct Context {
 
 pub(super) struct Subscriber {
     pub id: u64,
+    /// Opens the consumer again after the connection is lost.
+    pub opener: Opener,
     pub queue: String,
     pub channel: Channel,
     pub consumer: Consumer,
@@ -135,7 +138,21 @@ impl Subscriber {
                         self.ctx.metrics.deliveries_total.inc();
                         permit.take().expect("checked").send(Ok(delivery));
                     }
+                    Some(Err(e)) if !amqp::is_channel_error(&e) => {
+                        match self.resume(&mut state, &e.to_string()).await {
+                            Ok(true) => {}
+                            Ok(false) => break None,
+                            Err(e) => break Some(e),
+                        }
+                    }
                     Some(Err(e)) => break Some(amqp::classify(&e)),
+                    None if !self.channel.status().connected() => {
+                        match self.resume(&mut state, "the channel closed").await {
+                            Ok(true) => {}
+                            Ok(false) => break None,
+                            Err(e) => break Some(e),
+                        }
+                    }
                     None => break Some(Error::unavailable(format!("the broker cancelled the consumer of queue {:?}", self.queue))),
                 },
             }
@@ -151,6 +168,46 @@ impl Subscriber {
             unacked = state.held.len(),
             "subscription closed"
         );
+    }
+
+    /// The connection was lost: what the client held is back in the queue
+    /// (its ids now answer NOT_FOUND); consume again once the broker is back.
+    /// False when the subscription ended meanwhile; an error when the broker
+    /// is back but refuses the subscription (its queue is gone, say).
+    async fn resume(&mut self, state: &mut State, why: &str) -> Result<bool, Error> {
+        warn!(subscription = self.id, queue = %self.queue, reason = why, "subscription lost its channel; resuming when the broker is back");
+        state.generation += 1;
+        state.held.clear();
+        state.retrying.clear();
+        state.to_ack.clear();
+        state.to_nack.clear();
+        self.ctx.pool.close_channel(&self.channel).await;
+        let mut backoff = crate::amqp::reconnect_backoff();
+        loop {
+            match self.opener.open().await {
+                Ok(Opened {
+                    channel,
+                    queue,
+                    consumer,
+                }) => {
+                    self.channel = channel;
+                    self.queue = queue;
+                    self.consumer = consumer;
+                    tracing::info!(subscription = self.id, queue = %self.queue, "subscription resumed");
+                    return Ok(true);
+                }
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    debug!(subscription = self.id, error = %e, "cannot resume the subscription yet")
+                }
+            }
+            let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(false),
+                _ = self.out.closed() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
     }
 
     fn accept(&self, state: &mut State, d: lapin::message::Delivery) -> (u64, Delivery) {

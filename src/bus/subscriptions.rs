@@ -5,17 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::Channel;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::consume::{Opened, Opener};
 use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
 use super::publishers::Handle;
 use super::subscriber::{Action, Context, Settle, Subscriber};
-use crate::amqp::{self, Pool};
+use crate::amqp::Pool;
 use crate::config;
 use crate::error::Error;
 use crate::message::check_short;
@@ -119,84 +117,6 @@ impl Subscriptions {
         }
     }
 
-    async fn op<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = lapin::Result<T>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(self.operation_timeout, f).await {
-            Ok(result) => result.map_err(|e| amqp::classify(&e)),
-            Err(_) => Err(Error::unavailable(format!(
-                "the broker did not answer {what} in time"
-            ))),
-        }
-    }
-
-    /// Declares and binds the subscription's own queue when it names an exchange.
-    async fn prepare_queue(
-        &self,
-        channel: &Channel,
-        r: &SubscribeRequest,
-    ) -> Result<String, Error> {
-        if r.exchange.is_empty() {
-            return Ok(r.queue.clone());
-        }
-        let temporary = r.queue.is_empty();
-        let options = QueueDeclareOptions {
-            durable: !temporary,
-            exclusive: temporary,
-            auto_delete: temporary,
-            ..Default::default()
-        };
-        let declared = self
-            .op(
-                "queue.declare",
-                channel.queue_declare(r.queue.as_str().into(), options, FieldTable::default()),
-            )
-            .await?;
-        let queue = declared.name().as_str().to_owned();
-        let mut bindings: Vec<(String, FieldTable)> = Vec::new();
-        if !r.header_match.is_empty() {
-            let mut args = FieldTable::default();
-            let x_match = if r.match_all { "all" } else { "any" };
-            args.insert(
-                "x-match".into(),
-                AMQPValue::LongString(LongString::from(x_match)),
-            );
-            for (k, v) in &r.header_match {
-                args.insert(
-                    k.as_str().into(),
-                    AMQPValue::LongString(LongString::from(v.as_bytes())),
-                );
-            }
-            bindings.push((String::new(), args));
-        }
-        if r.binding_keys.is_empty() && bindings.is_empty() {
-            bindings.push((String::new(), FieldTable::default()));
-        }
-        bindings.extend(
-            r.binding_keys
-                .iter()
-                .map(|k| (k.clone(), FieldTable::default())),
-        );
-        for (key, args) in bindings {
-            let bind = channel.queue_bind(
-                queue.as_str().into(),
-                r.exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                args,
-            );
-            self.op("queue.bind", bind).await.map_err(|e| match e {
-                Error::NotFound(_) => {
-                    Error::NotFound(format!("exchange {:?} does not exist", r.exchange))
-                }
-                e => e,
-            })?;
-        }
-        Ok(queue)
-    }
-
     /// Opens a subscription.
     pub async fn open(&self, r: SubscribeRequest) -> Result<Subscription, Error> {
         let prefetch = self.validate(&r)?;
@@ -206,15 +126,17 @@ impl Subscriptions {
                 self.config.max_subscriptions
             ))
         })?;
-        let channel = self.pool.open_channel().await?;
-        let opened = self.start(&channel, &r, prefetch).await;
-        let (queue, consumer) = match opened {
-            Ok(v) => v,
-            Err(e) => {
-                self.pool.close_channel(&channel).await;
-                return Err(e);
-            }
+        let opener = Opener {
+            pool: self.pool.clone(),
+            request: r.clone(),
+            prefetch,
+            timeout: self.operation_timeout,
         };
+        let Opened {
+            channel,
+            queue,
+            consumer,
+        } = opener.open().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (settle_tx, settle) = mpsc::channel(64);
         let (out, deliveries) = mpsc::channel(usize::from(prefetch).clamp(1, 1024));
@@ -225,6 +147,7 @@ impl Subscriptions {
             .insert(id, settle_tx.clone());
         let subscriber = Subscriber {
             id,
+            opener,
             queue: queue.clone(),
             channel,
             consumer,
@@ -251,38 +174,6 @@ impl Subscriptions {
             queue,
             cancel: cancel.drop_guard(),
         })
-    }
-
-    async fn start(
-        &self,
-        channel: &Channel,
-        r: &SubscribeRequest,
-        prefetch: u16,
-    ) -> Result<(String, lapin::Consumer), Error> {
-        self.op(
-            "basic.qos",
-            channel.basic_qos(prefetch, BasicQosOptions::default()),
-        )
-        .await?;
-        let queue = self.prepare_queue(channel, r).await?;
-        let mut args = FieldTable::default();
-        if r.consumer_priority != 0 {
-            args.insert("x-priority".into(), AMQPValue::LongInt(r.consumer_priority));
-        }
-        let consume = channel.basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        );
-        let consumer = self
-            .op("basic.consume", consume)
-            .await
-            .map_err(|e| match e {
-                Error::NotFound(_) => Error::NotFound(format!("queue {queue:?} does not exist")),
-                e => e,
-            })?;
-        Ok((queue, consumer))
     }
 
     /// Settles deliveries by id; unknown, settled or orphaned ids are NOT_FOUND.

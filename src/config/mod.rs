@@ -30,6 +30,8 @@ pub struct Config {
     pub subscribe: Subscribe,
     /// Request/reply.
     pub rpc: Rpc,
+    /// The circuit breaker in front of the broker.
+    pub breaker: Breaker,
     /// Logging.
     pub log: Log,
     /// Graceful shutdown.
@@ -143,6 +145,11 @@ pub struct Publish {
     /// How long a known exchange is trusted before it is checked again.
     #[serde(with = "humantime_serde")]
     pub exchange_cache_ttl: Duration,
+    /// How long a publish caught by a broker fault (connection lost, channel
+    /// closed) is retried, with exponential backoff and jitter, before it
+    /// fails with UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
 }
 
 impl Default for Publish {
@@ -153,6 +160,7 @@ impl Default for Publish {
             stream_window: 1024,
             confirm_timeout: Duration::from_secs(30),
             exchange_cache_ttl: Duration::from_secs(30),
+            retry_budget: Duration::from_secs(10),
         }
     }
 }
@@ -207,6 +215,33 @@ impl Default for Rpc {
             max_timeout: Duration::from_secs(300),
             max_pending: 10_000,
             channels: 2,
+        }
+    }
+}
+
+/// `[breaker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Breaker {
+    /// Whether publishes and calls go through the breaker.
+    pub enabled: bool,
+    /// Consecutive broker failures that open it.
+    pub failures: u32,
+    /// First open period (then doubling, jittered, up to `open_max`).
+    #[serde(with = "humantime_serde")]
+    pub open_min: Duration,
+    /// Longest open period.
+    #[serde(with = "humantime_serde")]
+    pub open_max: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: 5,
+            open_min: Duration::from_secs(1),
+            open_max: Duration::from_secs(30),
         }
     }
 }
@@ -393,6 +428,16 @@ impl Config {
                 "subscribe.default_prefetch",
                 self.subscribe.default_prefetch,
                 "must not exceed subscribe.max_prefetch",
+            ));
+        }
+        if self.breaker.failures == 0 {
+            return Err(invalid("breaker.failures", 0, "must be at least 1"));
+        }
+        if self.breaker.open_min.is_zero() || self.breaker.open_min > self.breaker.open_max {
+            return Err(invalid(
+                "breaker.open_min",
+                humantime::format_duration(self.breaker.open_min),
+                "must be above 0 and at most breaker.open_max",
             ));
         }
         if self.rpc.default_timeout > self.rpc.max_timeout {

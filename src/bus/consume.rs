@@ -1,0 +1,151 @@
+//! Setting up a consumer: channel, prefetch, the subscription's own queue and
+//! bindings, `basic.consume`. Done when a subscription opens and again after
+//! the broker connection comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Consumer};
+
+use super::delivery::SubscribeRequest;
+use crate::amqp::{self, Pool};
+use crate::error::Error;
+
+/// A consumer ready to deliver.
+pub struct Opened {
+    pub channel: Channel,
+    /// The queue consumed (a temporary queue's generated name).
+    pub queue: String,
+    pub consumer: Consumer,
+}
+
+/// Everything needed to (re)open one subscription's consumer.
+pub struct Opener {
+    pub pool: Arc<Pool>,
+    pub request: SubscribeRequest,
+    pub prefetch: u16,
+    pub timeout: Duration,
+}
+
+impl Opener {
+    /// Opens a channel and a consumer on it; closes the channel on failure.
+    pub async fn open(&self) -> Result<Opened, Error> {
+        let channel = self.pool.open_channel().await?;
+        match self.start(&channel).await {
+            Ok((queue, consumer)) => Ok(Opened {
+                channel,
+                queue,
+                consumer,
+            }),
+            Err(e) => {
+                self.pool.close_channel(&channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn op<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = lapin::Result<T>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(result) => result.map_err(|e| amqp::classify(&e)),
+            Err(_) => Err(Error::unavailable(format!(
+                "the broker did not answer {what} in time"
+            ))),
+        }
+    }
+
+    /// Declares and binds the subscription's own queue when it names an exchange.
+    async fn prepare_queue(&self, channel: &Channel) -> Result<String, Error> {
+        let r = &self.request;
+        if r.exchange.is_empty() {
+            return Ok(r.queue.clone());
+        }
+        let temporary = r.queue.is_empty();
+        let options = QueueDeclareOptions {
+            durable: !temporary,
+            exclusive: temporary,
+            auto_delete: temporary,
+            ..Default::default()
+        };
+        let declared = self
+            .op(
+                "queue.declare",
+                channel.queue_declare(r.queue.as_str().into(), options, FieldTable::default()),
+            )
+            .await?;
+        let queue = declared.name().as_str().to_owned();
+        let mut bindings: Vec<(String, FieldTable)> = Vec::new();
+        if !r.header_match.is_empty() {
+            let mut args = FieldTable::default();
+            let x_match = if r.match_all { "all" } else { "any" };
+            args.insert(
+                "x-match".into(),
+                AMQPValue::LongString(LongString::from(x_match)),
+            );
+            for (k, v) in &r.header_match {
+                args.insert(
+                    k.as_str().into(),
+                    AMQPValue::LongString(LongString::from(v.as_bytes())),
+                );
+            }
+            bindings.push((String::new(), args));
+        }
+        if r.binding_keys.is_empty() && bindings.is_empty() {
+            bindings.push((String::new(), FieldTable::default()));
+        }
+        bindings.extend(
+            r.binding_keys
+                .iter()
+                .map(|k| (k.clone(), FieldTable::default())),
+        );
+        for (key, args) in bindings {
+            let bind = channel.queue_bind(
+                queue.as_str().into(),
+                r.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                args,
+            );
+            self.op("queue.bind", bind).await.map_err(|e| match e {
+                Error::NotFound(_) => {
+                    Error::NotFound(format!("exchange {:?} does not exist", r.exchange))
+                }
+                e => e,
+            })?;
+        }
+        Ok(queue)
+    }
+
+    async fn start(&self, channel: &Channel) -> Result<(String, Consumer), Error> {
+        let r = &self.request;
+        self.op(
+            "basic.qos",
+            channel.basic_qos(self.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let queue = self.prepare_queue(channel).await?;
+        let mut args = FieldTable::default();
+        if r.consumer_priority != 0 {
+            args.insert("x-priority".into(), AMQPValue::LongInt(r.consumer_priority));
+        }
+        let consume = channel.basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        );
+        let consumer = self
+            .op("basic.consume", consume)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => Error::NotFound(format!("queue {queue:?} does not exist")),
+                e => e,
+            })?;
+        Ok((queue, consumer))
+    }
+}

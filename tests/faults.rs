@@ -1,0 +1,474 @@
+//! Real faults: the broker stops and starts, connections are closed under
+//! load. These tests disturb the shared broker, so they run one at a time
+//! (a lock) and in a test binary of their own (cargo runs test binaries one
+//! after another).
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{unique, Broker, Warren};
+use tonic::Code;
+use warren::proto::{AckRequest, CallRequest, Message, PublishRequest, SubscribeRequest};
+
+static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes sure the broker is up again when a test ends, even by a panic.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "60"])
+            .output();
+    }
+}
+
+fn stop_broker() {
+    rabbitmqctl(&["stop_app"]);
+}
+
+fn start_broker() {
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup", "--timeout", "60"]);
+}
+
+fn request(queue: &str, body: String) -> PublishRequest {
+    PublishRequest {
+        routing_key: queue.into(),
+        message: Some(Message {
+            body: body.into_bytes().into(),
+            message_id: String::new(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Publishes from `workers` tasks until `stop`, recording each confirmed body
+/// with the time of its confirm.
+fn publish_load(
+    warren: &Warren,
+    queue: &str,
+    workers: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(String, Instant)>>> {
+    (0..workers)
+        .map(|w| {
+            let (addr, queue, stop) = (warren.grpc_addr.clone(), queue.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let mut client = warren::proto::bus_client::BusClient::connect(addr)
+                    .await
+                    .unwrap();
+                let mut confirmed = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let body = format!("{w}-{i}");
+                    i += 1;
+                    let mut req = tonic::Request::new(request(&queue, body.clone()));
+                    req.set_timeout(Duration::from_secs(20));
+                    match client.publish(req).await {
+                        Ok(_) => confirmed.push((body, Instant::now())),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                confirmed
+            })
+        })
+        .collect()
+}
+
+async fn all_bodies(broker: &Broker, queue: &str) -> HashSet<String> {
+    broker
+        .take(queue, 1_000_000, Duration::from_secs(3))
+        .await
+        .into_iter()
+        .map(|d| String::from_utf8(d.data).unwrap())
+        .collect()
+}
+
+async fn durable_queue(queue: &str) {
+    // Declared on a connection of its own that the faults will close.
+    let broker = Broker::connect().await;
+    broker.queue(queue).await;
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {limit:?}");
+}
+
+async fn ready(warren: &Warren) -> bool {
+    reqwest::get(warren.url("/readyz"))
+        .await
+        .map(|r| r.status() == 200)
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_broker_restart_under_load_loses_no_confirmed_message() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let config = common::config_with(&[
+        ("WARREN__BREAKER__ENABLED", "false"),
+        ("WARREN__PUBLISH__RETRY_BUDGET", "30s"),
+    ]);
+    let warren = Warren::start_with(config).await;
+    let queue = unique("restart");
+    durable_queue(&queue).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = publish_load(&warren, &queue, 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_broker();
+    wait_for("readiness to fail", Duration::from_secs(10), async || {
+        !ready(&warren).await
+    })
+    .await;
+    let metrics = reqwest::get(warren.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warren_broker_up 0"),
+        "broker_up says the truth"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    start_broker();
+    let back = Instant::now();
+    let recovered = wait_for("readiness to return", Duration::from_secs(30), async || {
+        ready(&warren).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut confirmed = Vec::new();
+    for w in workers {
+        confirmed.extend(w.await.unwrap());
+    }
+    let first_after = confirmed
+        .iter()
+        .filter(|(_, at)| *at > back)
+        .map(|(_, at)| *at - back)
+        .min()
+        .expect("publishing resumed");
+    eprintln!("MEASURE restart: ready again {recovered:?} after start_app; first confirmed publish {first_after:?} after start_app; {} confirmed", confirmed.len());
+    let broker = Broker::connect().await;
+    let arrived = all_bodies(&broker, &queue).await;
+    let lost: Vec<_> = confirmed
+        .iter()
+        .filter(|(b, _)| !arrived.contains(b))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} confirmed messages lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!("MEASURE restart: lost 0 of {} confirmed", confirmed.len());
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn closed_connections_under_load_lose_no_confirmed_message() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let config = common::config_with(&[("WARREN__BREAKER__ENABLED", "false")]);
+    let warren = Warren::start_with(config).await;
+    let queue = unique("closeall");
+    durable_queue(&queue).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = publish_load(&warren, &queue, 8, stop.clone());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        rabbitmqctl(&["close_all_connections", "fault test"]);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut confirmed = Vec::new();
+    for w in workers {
+        confirmed.extend(w.await.unwrap());
+    }
+    let broker = Broker::connect().await;
+    let arrived = all_bodies(&broker, &queue).await;
+    let lost = confirmed
+        .iter()
+        .filter(|(b, _)| !arrived.contains(b))
+        .count();
+    assert_eq!(lost, 0, "of {} confirmed", confirmed.len());
+    eprintln!(
+        "MEASURE close_all_connections x3: lost 0 of {} confirmed",
+        confirmed.len()
+    );
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_go_on_after_the_connection_drops() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let warren = Warren::start().await;
+    let queue = unique("resume");
+    durable_queue(&queue).await;
+    let mut client = warren.grpc().await;
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            queue: queue.clone(),
+            prefetch: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .publish(request(&queue, "before".into()))
+        .await
+        .unwrap();
+    let held = stream.message().await.unwrap().unwrap();
+    rabbitmqctl(&["close_all_connections", "fault test"]);
+    // The unacked delivery comes back on the same stream; its old id is gone.
+    let again = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("redelivered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&again.message.as_ref().unwrap().body[..], b"before");
+    assert!(again.redelivered);
+    let status = client
+        .ack(AckRequest {
+            delivery_ids: vec![held.delivery_id],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    client
+        .ack(AckRequest {
+            delivery_ids: vec![again.delivery_id],
+        })
+        .await
+        .unwrap();
+    wait_for("readiness", Duration::from_secs(15), async || {
+        ready(&warren).await
+    })
+    .await;
+    client
+        .publish(request(&queue, "after".into()))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&next.message.as_ref().unwrap().body[..], b"after");
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn the_breaker_opens_fails_fast_and_closes() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let config = common::config_with(&[
+        ("WARREN__BREAKER__FAILURES", "3"),
+        ("WARREN__BREAKER__OPEN_MIN", "1s"),
+        ("WARREN__BREAKER__OPEN_MAX", "2s"),
+        ("WARREN__PUBLISH__RETRY_BUDGET", "300ms"),
+        ("WARREN__AMQP__OPERATION_TIMEOUT", "300ms"),
+    ]);
+    let warren = Warren::start_with(config).await;
+    let queue = unique("breaker");
+    durable_queue(&queue).await;
+    let http = reqwest::Client::new();
+    let publish = || {
+        http.post(warren.url("/v1/publish"))
+            .json(&serde_json::json!({"routing_key": queue, "body": "x"}))
+            .send()
+    };
+    assert_eq!(publish().await.unwrap().status(), 200);
+    stop_broker();
+    wait_for("readiness to fail", Duration::from_secs(10), async || {
+        !ready(&warren).await
+    })
+    .await;
+    // Failures until it opens; then it fails fast with 503 and Retry-After.
+    let mut opened = false;
+    for _ in 0..10 {
+        let response = publish().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.unwrap();
+        if body["detail"].as_str().unwrap().contains("circuit breaker") {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the breaker opened");
+    let started = Instant::now();
+    let response = publish().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    let metrics = http
+        .get(warren.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warren_circuit_breaker_state 2"),
+        "{metrics}"
+    );
+    // gRPC calls fail fast too.
+    let mut client = warren.grpc().await;
+    let call = CallRequest {
+        routing_key: queue.clone(),
+        message: Some(Message::default()),
+        timeout_ms: 5000,
+        ..Default::default()
+    };
+    assert_eq!(
+        client.call(call).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    start_broker();
+    wait_for(
+        "publishing to work again",
+        Duration::from_secs(30),
+        async || publish().await.map(|r| r.status() == 200).unwrap_or(false),
+    )
+    .await;
+    let metrics = http
+        .get(warren.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warren_circuit_breaker_state 0"),
+        "{metrics}"
+    );
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn rpc_and_topology_recover_after_connections_drop() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let exchange = unique("recovered");
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("cfg")));
+    std::fs::write(&path, format!("[[topology.exchanges]]\nname = \"{exchange}\"\ntype = \"fanout\"\nauto_delete = true\n")).unwrap();
+    let mut env = std::collections::HashMap::new();
+    env.insert("WARREN__AMQP__URL".to_string(), common::amqp_url());
+    env.insert(
+        "WARREN__HTTP__LISTEN".to_string(),
+        "127.0.0.1:0".to_string(),
+    );
+    env.insert(
+        "WARREN__GRPC__LISTEN".to_string(),
+        "127.0.0.1:0".to_string(),
+    );
+    let config = warren::config::Config::load_with_env(Some(&path), Some(env)).unwrap();
+    let warren = Warren::start_with(config).await;
+    let broker = Broker::connect().await;
+    // Someone deletes the configured exchange; a reconnect declares it again.
+    broker
+        .channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    rabbitmqctl(&["close_all_connections", "fault test"]);
+    let broker = Broker::connect().await;
+    wait_for(
+        "the exchange to be declared again",
+        Duration::from_secs(15),
+        async || {
+            let channel = broker.connection.create_channel().await.unwrap();
+            let passive = lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    lapin::ExchangeKind::Fanout,
+                    passive,
+                    Default::default(),
+                )
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    // RPC works again (its reply consumer is back).
+    let queue = unique("rpc-after");
+    broker.queue(&queue).await;
+    let mut client = warren.grpc().await;
+    let mut requests = client
+        .subscribe(SubscribeRequest {
+            queue: queue.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let replies = Arc::new(Mutex::new(0));
+    let responder = tokio::spawn({
+        let mut client = client.clone();
+        let replies = replies.clone();
+        async move {
+            while let Ok(Some(d)) = requests.message().await {
+                let reply = warren::proto::ReplyRequest {
+                    delivery_id: d.delivery_id,
+                    message: Some(Message {
+                        body: b"pong".to_vec().into(),
+                        ..Default::default()
+                    }),
+                };
+                if client.reply(reply).await.is_ok() {
+                    *replies.lock().unwrap() += 1;
+                }
+            }
+        }
+    });
+    let call = CallRequest {
+        routing_key: queue.clone(),
+        message: Some(Message::default()),
+        timeout_ms: 5000,
+        ..Default::default()
+    };
+    let reply = client.call(call).await.unwrap().into_inner();
+    assert_eq!(&reply.message.unwrap().body[..], b"pong");
+    responder.abort();
+    let _ = std::fs::remove_file(path);
+    warren.stop().await;
+}
