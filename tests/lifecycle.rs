@@ -131,11 +131,17 @@ async fn topology_of_every_kind_is_declared_and_routes() {
     // checks existence; an active one with the same arguments is accepted).
     let channel = broker.connection.create_channel().await.unwrap();
     let mut quorum_args = FieldTable::default();
-    quorum_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    let s = |v: &str| AMQPValue::LongString(v.as_bytes().into());
+    quorum_args.insert("x-queue-type".into(), s("quorum"));
     quorum_args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    // Warren gave it a dead-letter queue, dead-lettering at least once.
+    quorum_args.insert("x-dead-letter-exchange".into(), s(""));
+    quorum_args.insert(
+        "x-dead-letter-routing-key".into(),
+        s(&format!("{p}.quorum.dlq")),
+    );
+    quorum_args.insert("x-dead-letter-strategy".into(), s("at-least-once"));
+    quorum_args.insert("x-overflow".into(), s("reject-publish"));
     channel
         .queue_declare(
             format!("{p}.quorum").as_str().into(),

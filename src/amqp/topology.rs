@@ -8,7 +8,7 @@ use lapin::{Channel, ExchangeKind};
 use serde_json::{Map, Value};
 use tracing::info;
 
-use crate::config::{self, DestinationKind, Topology};
+use crate::config::{self, DestinationKind, QueueKind, Topology};
 
 /// A declaration the broker refused, naming what was declared.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,31 @@ pub struct Refused {
 fn arguments(args: &config::Arguments) -> FieldTable {
     let map: Map<String, Value> = args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     super::codec::to_table(&map)
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+/// The dead-letter queue Warren gives a queue it declares: `<queue>.dlq`,
+/// unless the queue has a dead-letter exchange of its own, opts out, or is a
+/// stream (streams do not dead-letter).
+pub fn dead_letter_queue(q: &config::Queue) -> Option<String> {
+    let own = q.arguments.contains_key("x-dead-letter-exchange");
+    (q.dead_letter_queue && !own && q.kind != QueueKind::Stream).then(|| format!("{}.dlq", q.name))
+}
+
+/// Arguments that dead-letter a queue's rejected messages to `dlq`. Quorum
+/// queues dead-letter at least once (confirmed by the target), which needs
+/// `overflow=reject-publish`; plain dead-lettering is not confirmed and can
+/// lose messages.
+pub fn dead_letter_to(args: &mut FieldTable, dlq: &str, kind: QueueKind) {
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(dlq));
+    if kind == QueueKind::Quorum {
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        args.insert("x-overflow".into(), string("reject-publish"));
+    }
 }
 
 fn exchange_kind(kind: &str) -> ExchangeKind {
@@ -63,10 +88,23 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Refus
     }
     for q in &topology.queues {
         let mut args = arguments(&q.arguments);
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from(q.kind.as_str())),
-        );
+        args.insert("x-queue-type".into(), string(q.kind.as_str()));
+        if let Some(dlq) = dead_letter_queue(q) {
+            let dlq_options = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let mut dlq_args = FieldTable::default();
+            dlq_args.insert("x-queue-type".into(), string(q.kind.as_str()));
+            channel
+                .queue_declare(dlq.as_str().into(), dlq_options, dlq_args)
+                .await
+                .map_err(refused(format!(
+                    "queue {dlq:?} (the dead-letter queue of {:?})",
+                    q.name
+                )))?;
+            dead_letter_to(&mut args, &dlq, q.kind);
+        }
         let options = QueueDeclareOptions {
             durable: q.durable,
             auto_delete: q.auto_delete,

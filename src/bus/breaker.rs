@@ -2,14 +2,14 @@
 //!
 //! Built on the `failsafe` crate's state machine: after `breaker.failures`
 //! consecutive broker failures (requests that ended UNAVAILABLE after their
-//! retries) it opens, and publishes and calls fail at once with UNAVAILABLE
+//! retries) it opens (the crate was chosen over writing the state machine
+//! again: it is small, widely used and has the half-open logic right), and publishes and calls fail at once with UNAVAILABLE
 //! (HTTP 503 with `Retry-After`) instead of waiting out retries. After a
 //! jittered backoff it lets requests through again (half-open); the first
 //! success closes it, a failure opens it again for longer.
 
 use std::time::Duration;
 
-use failsafe::backoff::EqualJittered;
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
 use failsafe::{Instrument, StateMachine};
 use prometheus::IntGauge;
@@ -44,9 +44,28 @@ impl Instrument for Observer {
     }
 }
 
+/// Open periods: doubling from `open_min` to `open_max`, with equal jitter.
+/// (failsafe's own jittered backoffs insist on whole seconds.)
+#[derive(Clone)]
+pub struct OpenPeriods {
+    next: Duration,
+    max: Duration,
+}
+
+impl Iterator for OpenPeriods {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        Some(half + half.mul_f64(rand::random::<f64>()))
+    }
+}
+
 /// The breaker, or a pass-through when disabled.
 pub struct Breaker {
-    machine: Option<StateMachine<ConsecutiveFailures<EqualJittered>, Observer>>,
+    machine: Option<StateMachine<ConsecutiveFailures<OpenPeriods>, Observer>>,
     retry_after: Duration,
 }
 
@@ -54,7 +73,10 @@ impl Breaker {
     /// A closed breaker as configured.
     pub fn new(config: &config::Breaker, gauge: IntGauge) -> Self {
         let machine = config.enabled.then(|| {
-            let backoff = failsafe::backoff::equal_jittered(config.open_min, config.open_max);
+            let backoff = OpenPeriods {
+                next: config.open_min,
+                max: config.open_max,
+            };
             let policy = consecutive_failures(config.failures, backoff);
             StateMachine::new(policy, Observer { gauge })
         });

@@ -30,6 +30,28 @@ pub struct Opener {
 }
 
 impl Opener {
+    /// Whether `queue` exists (asked on a channel of its own: a failed
+    /// passive declare closes the channel it was made on).
+    async fn exists(&self, queue: &str) -> Result<bool, Error> {
+        let channel = self.pool.open_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let result = self
+            .op(
+                "queue.declare",
+                channel.queue_declare(queue.into(), passive, FieldTable::default()),
+            )
+            .await;
+        self.pool.close_channel(&channel).await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a channel and a consumer on it; closes the channel on failure.
     pub async fn open(&self) -> Result<Opened, Error> {
         let channel = self.pool.open_channel().await?;
@@ -72,13 +94,36 @@ impl Opener {
             auto_delete: temporary,
             ..Default::default()
         };
-        let declared = self
-            .op(
-                "queue.declare",
-                channel.queue_declare(r.queue.as_str().into(), options, FieldTable::default()),
-            )
-            .await?;
-        let queue = declared.name().as_str().to_owned();
+        let mut args = FieldTable::default();
+        let exists = !temporary && self.exists(&r.queue).await?;
+        if !temporary && !exists {
+            // A durable queue Warren creates gets its dead-letter queue.
+            let dlq = format!("{}.dlq", r.queue);
+            if dlq.len() <= 255 {
+                let durable = QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                let declare =
+                    channel.queue_declare(dlq.as_str().into(), durable, FieldTable::default());
+                self.op("queue.declare", declare).await?;
+                crate::amqp::topology::dead_letter_to(
+                    &mut args,
+                    &dlq,
+                    crate::config::QueueKind::Classic,
+                );
+            }
+        }
+        let queue = if exists {
+            r.queue.clone()
+        } else {
+            let declare = channel.queue_declare(r.queue.as_str().into(), options, args);
+            self.op("queue.declare", declare)
+                .await?
+                .name()
+                .as_str()
+                .to_owned()
+        };
         let mut bindings: Vec<(String, FieldTable)> = Vec::new();
         if !r.header_match.is_empty() {
             let mut args = FieldTable::default();

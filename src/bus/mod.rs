@@ -6,10 +6,12 @@
 
 mod breaker;
 mod consume;
+mod dead_letters;
 mod delivery;
 mod exchanges;
 mod publisher;
 mod publishers;
+mod retry;
 mod rpc;
 mod subscriber;
 mod subscriptions;
@@ -29,6 +31,7 @@ use crate::message::{check_short, Message};
 use crate::metrics::{outcome, Metrics};
 
 use breaker::Breaker;
+pub use dead_letters::{DeadLetter, Outcome as DeadLetterOutcome, Patch, Selection};
 pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 use exchanges::Exchanges;
 pub use publishers::Handle as PublisherHandle;
@@ -85,6 +88,7 @@ pub struct Bus {
     publishers: Arc<Publishers>,
     subscriptions: Subscriptions,
     rpc: Rpc,
+    dead_letters: dead_letters::DeadLetters,
     breaker: Arc<Breaker>,
     shutdown: CancellationToken,
     closing: AtomicBool,
@@ -123,12 +127,24 @@ impl Bus {
             config.amqp.idle_timeout,
             shutdown.clone(),
         );
+        let retrier = Arc::new(retry::Retrier::new(
+            config.retry.clone(),
+            publish_pool.clone(),
+            publishers.shared(),
+            config.amqp.operation_timeout,
+        ));
+        let dead_letters = dead_letters::DeadLetters {
+            pool: publish_pool.clone(),
+            retrier: retrier.clone(),
+            timeout: config.amqp.operation_timeout,
+            max_scan: config.dead_letters.max_scan,
+        };
         let subscriptions = Subscriptions::new(
             consume_pool.clone(),
             metrics.clone(),
             config.subscribe.clone(),
             config.amqp.operation_timeout,
-            publishers.shared(),
+            retrier,
             shutdown.clone(),
         );
         let rpc = Rpc::new(
@@ -139,6 +155,7 @@ impl Bus {
         );
         Arc::new(Self {
             rpc,
+            dead_letters,
             breaker,
             config,
             metrics,
@@ -345,6 +362,59 @@ impl Bus {
         self.ack(&[delivery_id.to_owned()]).await.map(|_| ())
     }
 
+    /// Up to `limit` dead letters of `dlq`, left in place.
+    pub async fn dead_letters(&self, dlq: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        self.check_open()?;
+        let max = self.config.dead_letters.max_list;
+        if limit > max {
+            return Err(Error::InvalidArgument(format!(
+                "limit {limit} is above {max} (dead_letters.max_list)"
+            )));
+        }
+        self.dead_letters.list(dlq, limit).await
+    }
+
+    /// Replays the selected dead letters of `dlq` to their original queues.
+    pub async fn replay(
+        &self,
+        dlq: &str,
+        selection: &Selection,
+        patch: &Patch,
+    ) -> Result<DeadLetterOutcome, Error> {
+        self.check_open()?;
+        self.breaker.check()?;
+        if let Some(body) = &patch.body {
+            if body.len() > self.config.publish.max_body_bytes {
+                return Err(Error::TooLarge {
+                    size: body.len(),
+                    limit: self.config.publish.max_body_bytes,
+                });
+            }
+        }
+        if let Some(headers) = &patch.headers {
+            crate::amqp::codec::check_headers(headers)?;
+        }
+        for (what, value) in [
+            ("content_type", &patch.content_type),
+            ("content_encoding", &patch.content_encoding),
+        ] {
+            if let Some(v) = value {
+                check_short(what, v)?;
+            }
+        }
+        self.dead_letters.replay(dlq, selection, patch).await
+    }
+
+    /// Removes the selected dead letters of `dlq` for good.
+    pub async fn discard(
+        &self,
+        dlq: &str,
+        selection: &Selection,
+    ) -> Result<DeadLetterOutcome, Error> {
+        self.check_open()?;
+        self.dead_letters.discard(dlq, selection).await
+    }
+
     /// Graceful stop: refuse new work, let publishers settle what they hold
     /// (their confirms), close channels and connections.
     pub async fn shutdown(&self) {
@@ -369,18 +439,19 @@ impl Bus {
         self.subscriptions.settle(ids, Action::Ack).await
     }
 
-    /// Nacks deliveries: `requeue` retries them (put back with the next
-    /// attempt count), else they are dead-lettered.
-    pub async fn nack(&self, ids: &[String], requeue: bool) -> Result<u32, Error> {
+    /// Nacks deliveries: `requeue` retries them under the queue's retry
+    /// policy (after `delay_ms`, or the policy's backoff when 0; dead-lettered
+    /// once the policy's attempts are used), else they are dead-lettered.
+    pub async fn nack(&self, ids: &[String], requeue: bool, delay_ms: u32) -> Result<u32, Error> {
         let action = if requeue {
-            Action::Retry
+            Action::Retry { delay_ms }
         } else {
             Action::DeadLetter
         };
         self.subscriptions.settle(ids, action).await
     }
 
-    /// Whether the masked broker URLs (for logs).
+    /// The masked broker URLs (for logs).
     pub fn brokers(&self) -> Vec<String> {
         self.config
             .amqp

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -22,9 +21,6 @@ use tracing::{debug, warn};
 
 use super::consume::{Opened, Opener};
 use super::delivery::{self, Delivery, DeliveryId};
-use super::publisher::Command;
-use super::publishers::Handle;
-use super::Publish;
 use crate::amqp::{self, codec, Pool};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -36,8 +32,8 @@ pub enum Action {
     Ack,
     /// Rejected for good: dead-letter (or drop, without a dead-letter exchange).
     DeadLetter,
-    /// Try again later.
-    Retry,
+    /// Try again later: after `delay_ms`, or the policy's backoff when 0.
+    Retry { delay_ms: u32 },
 }
 
 /// A request to the subscription task.
@@ -71,7 +67,7 @@ pub(super) struct Context {
     pub pool: Arc<Pool>,
     pub metrics: Metrics,
     pub instance: u64,
-    pub republisher: Handle,
+    pub retrier: Arc<super::retry::Retrier>,
 }
 
 pub(super) struct Subscriber {
@@ -309,20 +305,38 @@ impl Subscriber {
                     metrics.dead_lettered_total.inc();
                     state.to_nack.push((*tag, false));
                 }
-                Action::Retry => {
+                Action::Retry { delay_ms } => {
                     metrics.nacks_total.with_label_values(&["true"]).inc();
-                    metrics.retries_total.inc();
-                    state.retrying.insert(*tag);
-                    self.republish(state.generation, *tag, held);
+                    let policy = self.ctx.retrier.policy(&self.queue);
+                    if held.attempt >= policy.max_attempts {
+                        // Used up: dead-letter instead of requeueing.
+                        tracing::info!(queue = %self.queue, attempts = held.attempt, "dead-lettering a message that used all its attempts");
+                        metrics.dead_lettered_total.inc();
+                        state.to_nack.push((*tag, false));
+                    } else if self.queue.starts_with("amq.") {
+                        // A server-named temporary queue has no delay queue
+                        // (it vanishes with its connection): the broker requeues.
+                        metrics.retries_total.inc();
+                        state.to_nack.push((*tag, true));
+                    } else {
+                        metrics.retries_total.inc();
+                        let delay = match delay_ms {
+                            0 => super::retry::backoff(policy, held.attempt, &mut rand::rng()),
+                            ms => std::time::Duration::from_millis(u64::from(ms)),
+                        };
+                        state.retrying.insert(*tag);
+                        self.republish(state.generation, *tag, held, delay);
+                    }
                 }
             }
         }
         Ok(tags.len() as u32)
     }
 
-    /// Puts a copy with the next attempt count back on the queue, confirmed,
-    /// before the original is acked: a crash in between duplicates, never loses.
-    fn republish(&self, generation: u64, tag: u64, held: Held) {
+    /// Puts a copy with the next attempt count into the queue's delay queue,
+    /// confirmed, before the original is acked: a crash in between
+    /// duplicates, never loses.
+    fn republish(&self, generation: u64, tag: u64, held: Held, delay: std::time::Duration) {
         let mut headers = held.properties.headers().clone().unwrap_or_default();
         let attempt = i64::from(held.attempt) + 1;
         headers.insert(
@@ -341,25 +355,17 @@ impl Subscriber {
         let mut inner = headers.inner().clone();
         inner.remove("x-delivery-count");
         let properties = held.properties.with_headers(inner.into());
-        let (reply, confirmed) = oneshot::channel();
-        let command = Command {
-            publish: Publish {
-                exchange: String::new(),
-                routing_key: self.queue.clone(),
-                message: crate::message::Message {
-                    body: held.body,
-                    ..Default::default()
-                },
-                mandatory: true,
-            },
-            properties: Some(properties),
-            started: Instant::now(),
-            reply,
-        };
-        let (publisher, settle) = (self.ctx.republisher.clone(), self.settle_tx.clone());
+        let (retrier, settle, queue) = (
+            self.ctx.retrier.clone(),
+            self.settle_tx.clone(),
+            self.queue.clone(),
+        );
         tokio::spawn(async move {
-            let sent = publisher.0.send(command).await.is_ok();
-            let ok = sent && matches!(confirmed.await, Ok(Ok(_)));
+            let result = retrier.delay(&queue, delay, held.body, properties).await;
+            if let Err(e) = &result {
+                warn!(%queue, error = %e, "could not move a message to its delay queue; the broker redelivers it");
+            }
+            let ok = result.is_ok();
             let _ = settle
                 .send(Settle::Republished {
                     generation,

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::consume::{Opened, Opener};
 use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
-use super::publishers::Handle;
+use super::retry::Retrier;
 use super::subscriber::{Action, Context, Settle, Subscriber};
 use crate::amqp::Pool;
 use crate::config;
@@ -59,7 +59,7 @@ pub struct Subscriptions {
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    republisher: Handle,
+    retrier: Arc<Retrier>,
 }
 
 impl Subscriptions {
@@ -68,7 +68,7 @@ impl Subscriptions {
         metrics: Metrics,
         config: config::Subscribe,
         operation_timeout: Duration,
-        republisher: Handle,
+        retrier: Arc<Retrier>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -83,7 +83,7 @@ impl Subscriptions {
             live: Arc::new(RwLock::new(HashMap::new())),
             tracker: TaskTracker::new(),
             shutdown,
-            republisher,
+            retrier,
         }
     }
 
@@ -156,7 +156,7 @@ impl Subscriptions {
                 pool: self.pool.clone(),
                 metrics: self.metrics.clone(),
                 instance: self.instance,
-                republisher: self.republisher.clone(),
+                retrier: self.retrier.clone(),
             },
             settle,
             settle_tx,

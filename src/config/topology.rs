@@ -96,6 +96,10 @@ pub struct Queue {
     /// `x-dead-letter-exchange`.
     #[serde(default)]
     pub arguments: Arguments,
+    /// Give the queue a dead-letter queue `<name>.dlq` (unless `arguments`
+    /// set a dead-letter exchange of their own). Not for streams.
+    #[serde(default = "yes")]
+    pub dead_letter_queue: bool,
 }
 
 /// What a binding's destination is.
@@ -165,6 +169,19 @@ impl Topology {
                     format!("topology.queues[{i}].type"),
                     queue.kind.as_str(),
                     "quorum queues and streams must be durable and not auto-delete",
+                ));
+            }
+            let overflow = queue.arguments.get("x-overflow").and_then(|v| v.as_str());
+            let warren_dlq =
+                queue.dead_letter_queue && !queue.arguments.contains_key("x-dead-letter-exchange");
+            if queue.kind == QueueKind::Quorum
+                && warren_dlq
+                && overflow.is_some_and(|o| o != "reject-publish")
+            {
+                return Err(invalid(
+                    format!("topology.queues[{i}].arguments"),
+                    overflow.unwrap_or_default(),
+                    "a quorum queue dead-letters at least once only with x-overflow = reject-publish (or set dead_letter_queue = false)",
                 ));
             }
             if queue.arguments.contains_key("x-queue-type") {

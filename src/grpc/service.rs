@@ -162,7 +162,7 @@ impl proto::bus_server::Bus for Service {
         let request = request.into_inner();
         let nacked = self
             .bus
-            .nack(&request.delivery_ids, request.requeue)
+            .nack(&request.delivery_ids, request.requeue, request.delay_ms)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(proto::NackResponse { nacked }))

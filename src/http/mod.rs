@@ -4,6 +4,7 @@
 //! errors into `application/problem+json` responses.
 
 pub mod body;
+mod dead_letters;
 mod problem;
 mod publish;
 mod rpc;
@@ -43,6 +44,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nack", post(subscribe::nack))
         .route("/v1/call", post(rpc::call))
         .route("/v1/reply", post(rpc::reply))
+        .route("/v1/dead-letters/{dlq}", get(dead_letters::list))
+        .route("/v1/dead-letters/{dlq}/replay", post(dead_letters::replay))
+        .route(
+            "/v1/dead-letters/{dlq}/discard",
+            post(dead_letters::discard),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -159,7 +159,7 @@ pub async fn nack(
     let request = settle_request(&headers, body).await?;
     let nacked = state
         .bus
-        .nack(&request.delivery_ids, request.requeue)
+        .nack(&request.delivery_ids, request.requeue, request.delay_ms)
         .await?;
     Ok(Json(Settled {
         acked: None,
