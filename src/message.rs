@@ -96,10 +96,96 @@ impl Message {
         crate::amqp::codec::check_headers(&self.headers)
     }
 
+    /// Carries W3C trace context (`traceparent`, `tracestate`) from the
+    /// request into the message's headers, unless the message sets its own.
+    /// A malformed `traceparent` is refused: it would break the trace
+    /// downstream without anyone noticing.
+    pub fn set_trace(
+        &mut self,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> Result<(), Error> {
+        let Some(parent) = traceparent else {
+            return Ok(());
+        };
+        if !is_traceparent(parent) {
+            return Err(Error::InvalidArgument(format!(
+                "traceparent {parent:?} is not a W3C trace context"
+            )));
+        }
+        if !self.headers.contains_key("traceparent") {
+            self.headers
+                .insert("traceparent".into(), Value::String(parent.to_owned()));
+            if let Some(state) = tracestate.filter(|s| !s.is_empty() && s.len() <= 512) {
+                self.headers
+                    .insert("tracestate".into(), Value::String(state.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
     /// Gives the message a fresh id when it has none.
     pub fn ensure_id(&mut self) {
         if self.message_id.is_empty() {
             self.message_id = uuid::Uuid::new_v4().to_string();
+        }
+    }
+}
+
+/// `version-traceid-parentid-flags`, lower-case hex, ids not all zero.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+        && (parts.len() == 4 || parts[0] != "00")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_is_carried_unless_set() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut m = Message::default();
+        m.set_trace(Some(tp), Some("congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(m.headers["traceparent"], tp);
+        assert_eq!(m.headers["tracestate"], "congo=t61rcWkgMzE");
+        let own = "00-11111111111111111111111111111111-2222222222222222-00";
+        let mut m = Message::default();
+        m.headers.insert("traceparent".into(), own.into());
+        m.set_trace(Some(tp), None).unwrap();
+        assert_eq!(m.headers["traceparent"], own);
+        let mut m = Message::default();
+        m.set_trace(None, Some("x=y")).unwrap();
+        assert!(m.headers.is_empty());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_refused() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(
+                Message::default().set_trace(Some(bad), None).is_err(),
+                "{bad}"
+            );
         }
     }
 }

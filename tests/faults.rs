@@ -120,6 +120,32 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
     panic!("{what} did not happen within {limit:?}");
 }
 
+/// The gRPC health of `warren.v1.Bus` (it may lag readiness by a tick).
+async fn serving(warren: &Warren) -> bool {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(warren.grpc_addr.clone())
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..10 {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: "warren.v1.Bus".into(),
+        };
+        if let Ok(answer) = health.check(request).await {
+            let serving = answer.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            if !serving {
+                return false;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 async fn ready(warren: &Warren) -> bool {
     reqwest::get(warren.url("/readyz"))
         .await
@@ -156,12 +182,22 @@ async fn a_broker_restart_under_load_loses_no_confirmed_message() {
         metrics.contains("warren_broker_up 0"),
         "broker_up says the truth"
     );
+    assert!(
+        !serving(&warren).await,
+        "gRPC health says NOT_SERVING while the broker is down"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     start_broker();
     let back = Instant::now();
     let recovered = wait_for("readiness to return", Duration::from_secs(30), async || {
         ready(&warren).await
     })
+    .await;
+    wait_for(
+        "gRPC health to say SERVING",
+        Duration::from_secs(5),
+        async || serving(&warren).await,
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -18,6 +18,32 @@ use crate::proto;
 /// The metadata entry naming the publisher of a unary publish.
 pub const PUBLISHER_METADATA: &str = "x-warren-publisher";
 
+/// W3C trace context from a request's metadata, carried into messages.
+#[derive(Clone, Default)]
+struct Trace {
+    parent: Option<String>,
+    state: Option<String>,
+}
+
+impl Trace {
+    fn of(metadata: &tonic::metadata::MetadataMap) -> Self {
+        let get = |k: &str| {
+            metadata
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            parent: get("traceparent"),
+            state: get("tracestate"),
+        }
+    }
+
+    fn apply(&self, message: &mut crate::message::Message) -> Result<(), Error> {
+        message.set_trace(self.parent.as_deref(), self.state.as_deref())
+    }
+}
+
 /// The `Bus` service.
 pub struct Service {
     bus: Arc<Bus>,
@@ -65,11 +91,13 @@ impl proto::bus_server::Bus for Service {
             })
             .transpose()?
             .map(str::to_owned);
+        let trace = Trace::of(request.metadata());
         let request = request.into_inner();
         let request_id = request.request_id.clone();
         let result = async {
             let publisher = self.bus.publisher(name.as_deref())?;
-            let publish = convert::publish(request)?;
+            let mut publish = convert::publish(request)?;
+            trace.apply(&mut publish.message)?;
             self.bus.publish(&publisher, publish).await
         }
         .await;
@@ -88,6 +116,7 @@ impl proto::bus_server::Bus for Service {
         let publisher = self.bus.session().map_err(|e| status(&e))?;
         let window = self.bus.config().publish.stream_window;
         let (tx, rx) = mpsc::channel(window);
+        let trace = Trace::of(request.metadata());
         let mut input = request.into_inner();
         let bus = self.bus.clone();
         let shutdown = self.shutdown.clone();
@@ -103,7 +132,10 @@ impl proto::bus_server::Bus for Service {
                         Ok(Some(request)) => {
                             let request_id = request.request_id.clone();
                             let submitted = match convert::publish(request) {
-                                Ok(publish) => bus.submit(&publisher, publish).await,
+                                Ok(mut publish) => match trace.apply(&mut publish.message) {
+                                    Ok(()) => bus.submit(&publisher, publish).await,
+                                    Err(e) => Err(e),
+                                },
                                 Err(e) => Err(e),
                             };
                             match submitted {
@@ -173,9 +205,10 @@ impl proto::bus_server::Bus for Service {
         request: Request<proto::CallRequest>,
     ) -> Result<Response<proto::CallResponse>, Status> {
         let deadline = super::deadline(request.metadata());
+        let trace = Trace::of(request.metadata());
         let request = request.into_inner();
         let timeout_ms = request.timeout_ms;
-        let publish = convert::publish(proto::PublishRequest {
+        let mut publish = convert::publish(proto::PublishRequest {
             exchange: request.exchange,
             routing_key: request.routing_key,
             message: request.message,
@@ -183,6 +216,7 @@ impl proto::bus_server::Bus for Service {
             request_id: String::new(),
         })
         .map_err(|e| status(&e))?;
+        trace.apply(&mut publish.message).map_err(|e| status(&e))?;
         let reply = self
             .bus
             .call(publish, timeout_ms, deadline)
@@ -197,9 +231,11 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::ReplyRequest>,
     ) -> Result<Response<proto::ReplyResponse>, Status> {
+        let trace = Trace::of(request.metadata());
         let request = request.into_inner();
-        let message =
+        let mut message =
             convert::message(request.message.unwrap_or_default()).map_err(|e| status(&e))?;
+        trace.apply(&mut message).map_err(|e| status(&e))?;
         self.bus
             .reply(&request.delivery_id, message)
             .await

@@ -35,6 +35,12 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     }
 }
 
+/// Carries W3C trace context from the request's headers into `message`.
+pub fn trace(headers: &HeaderMap, message: &mut Message) -> Result<(), Error> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    message.set_trace(get("traceparent"), get("tracestate"))
+}
+
 /// Parses a JSON request body with a clear error for each mistake.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(bytes)

@@ -66,7 +66,8 @@ pub async fn json(
     let bytes = body::read(&headers, body, body::json_limit(max)).await?;
     let request: PublishJson = body::json(&bytes)?;
     let request_id = request.request_id;
-    let message = request.message.into_message()?;
+    let mut message = request.message.into_message()?;
+    body::trace(&headers, &mut message)?;
     let message_id = publish(
         &state,
         &headers,
@@ -154,7 +155,8 @@ pub async fn raw(
 ) -> Result<Json<Published>, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
     let bytes = body::read(&headers, body, max).await?;
-    let message = raw_message(&headers, bytes)?;
+    let mut message = raw_message(&headers, bytes)?;
+    body::trace(&headers, &mut message)?;
     let exchange = if exchange == "amq.default" {
         String::new()
     } else {

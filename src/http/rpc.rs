@@ -33,10 +33,12 @@ pub async fn call(
     let max = state.bus.config().publish.max_body_bytes;
     let bytes = body::read(&headers, body, body::json_limit(max)).await?;
     let request: CallJson = body::json(&bytes)?;
+    let mut message = request.message.into_message()?;
+    body::trace(&headers, &mut message)?;
     let publish = Publish {
         exchange: request.exchange,
         routing_key: request.routing_key,
-        message: request.message.into_message()?,
+        message,
         mandatory: true,
     };
     let reply = state.bus.call(publish, request.timeout_ms, None).await?;
@@ -66,7 +68,8 @@ pub async fn reply(
     let max = state.bus.config().publish.max_body_bytes;
     let bytes = body::read(&headers, body, body::json_limit(max)).await?;
     let request: ReplyJson = body::json(&bytes)?;
-    let message = request.message.into_message()?;
+    let mut message = request.message.into_message()?;
+    body::trace(&headers, &mut message)?;
     state.bus.reply(&request.delivery_id, message).await?;
     Ok(Json(Replied { replied: true }))
 }
