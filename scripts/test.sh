@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite against a real local RabbitMQ: brings the broker up
-# (installing it when missing), then runs every test of the workspace.
+# (installing it when missing), checks formatting and lints, runs every Rust
+# test of the workspace (tests/faults.rs, which stops and starts the broker,
+# is a test binary of its own: cargo runs test binaries one after another),
+# the deploy files' checks, and the cross-language examples.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/broker.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+deploy/check.sh
+examples/run-tests.sh

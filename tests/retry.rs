@@ -146,6 +146,11 @@ async fn requeued_messages_wait_in_the_broker_and_come_back_with_the_next_attemp
         "the original exchange and routing key are reported"
     );
     assert_eq!(second.routing_key, queue);
+    let headers = &second.message.as_ref().unwrap().headers;
+    assert!(
+        !headers.keys().any(|k| k.starts_with("x-warren-")),
+        "Warren's bookkeeping stays inside: {headers:?}"
+    );
     // The policy's backoff (300 ms to 1 s) when no delay is given.
     let nacked = Instant::now();
     nack(&mut client, &second, true, 0).await;

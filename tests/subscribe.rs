@@ -785,3 +785,62 @@ async fn many_deliveries_acked_in_batches() {
     );
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn a_named_queue_binds_with_its_name_and_a_refusal_leaves_nothing_behind() {
+    let warren = Warren::start().await;
+    let broker = Broker::connect().await;
+    let mut client = warren.grpc().await;
+    let queue = unique("by-name");
+    let mut stream = subscribe(
+        &mut client,
+        SubscribeRequest {
+            queue: queue.clone(),
+            exchange: "amq.direct".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    publish(
+        &broker,
+        "amq.direct",
+        &queue,
+        b"routed by name",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(body(&next(&mut stream).await), "routed by name");
+    drop(stream);
+    let _ = broker
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = broker
+        .channel
+        .queue_delete(format!("{queue}.dlq").as_str().into(), Default::default())
+        .await;
+
+    let orphan = unique("orphan");
+    let request = SubscribeRequest {
+        queue: orphan.clone(),
+        exchange: unique("missing"),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.subscribe(request).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let channel = broker.connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    assert!(
+        channel
+            .queue_declare(orphan.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_err(),
+        "no queue was declared for a refused subscription"
+    );
+    warren.stop().await;
+}

@@ -33,20 +33,45 @@ impl Opener {
     /// Whether `queue` exists (asked on a channel of its own: a failed
     /// passive declare closes the channel it was made on).
     async fn exists(&self, queue: &str) -> Result<bool, Error> {
-        let channel = self.pool.open_channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let result = self
-            .op(
-                "queue.declare",
-                channel.queue_declare(queue.into(), passive, FieldTable::default()),
-            )
-            .await;
+        self.probe(async |channel| {
+            let declare = channel.queue_declare(queue.into(), passive, FieldTable::default());
+            self.op("queue.declare", declare).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Whether `exchange` exists.
+    async fn exchange_exists(&self, exchange: &str) -> Result<bool, Error> {
+        if exchange.is_empty() || exchange.starts_with("amq.") {
+            return Ok(true); // predeclared (a missing amq.* fails at the bind)
+        }
+        let passive = lapin::options::ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.probe(async |channel| {
+            let kind = lapin::ExchangeKind::Direct;
+            let declare =
+                channel.exchange_declare(exchange.into(), kind, passive, FieldTable::default());
+            self.op("exchange.declare", declare).await
+        })
+        .await
+    }
+
+    /// Runs a passive declare on a throwaway channel: Ok(false) for NOT_FOUND.
+    async fn probe(
+        &self,
+        check: impl AsyncFnOnce(&Channel) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let channel = self.pool.open_channel().await?;
+        let result = check(&channel).await;
         self.pool.close_channel(&channel).await;
         match result {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(Error::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
@@ -95,6 +120,13 @@ impl Opener {
             ..Default::default()
         };
         let mut args = FieldTable::default();
+        // Check the exchange first: a refused subscription leaves no queue behind.
+        if !self.exchange_exists(&r.exchange).await? {
+            return Err(Error::NotFound(format!(
+                "exchange {:?} does not exist",
+                r.exchange
+            )));
+        }
         let exists = !temporary && self.exists(&r.queue).await?;
         if !temporary && !exists {
             // A durable queue Warren creates gets its dead-letter queue.
@@ -141,7 +173,9 @@ impl Opener {
             bindings.push((String::new(), args));
         }
         if r.binding_keys.is_empty() && bindings.is_empty() {
-            bindings.push((String::new(), FieldTable::default()));
+            // The usual convention: a named queue is bound with its own name
+            // (a fanout exchange ignores the key anyway).
+            bindings.push((r.queue.clone(), FieldTable::default()));
         }
         bindings.extend(
             r.binding_keys

@@ -208,7 +208,7 @@ impl Subscriber {
 
     fn accept(&self, state: &mut State, d: lapin::message::Delivery) -> (u64, Delivery) {
         let body = Bytes::from(d.data);
-        let message = codec::message(body.clone(), &d.properties);
+        let mut message = codec::message(body.clone(), &d.properties);
         let attempt = delivery::attempt(&message, d.redelivered);
         let original = |name: &str, actual: &str| match message.headers.get(name) {
             Some(Value::String(s)) => s.clone(),
@@ -219,6 +219,9 @@ impl Subscriber {
             delivery::ORIGINAL_ROUTING_KEY_HEADER,
             d.routing_key.as_str(),
         );
+        // Warren's bookkeeping is in `attempt`, `exchange` and `routing_key`;
+        // the client sees the headers its publisher sent.
+        message.headers.retain(|k, _| !k.starts_with("x-warren-"));
         let id = DeliveryId {
             instance: self.ctx.instance,
             subscription: self.id,

@@ -100,8 +100,11 @@ pub async fn subscribe(
     let keepalive = state.bus.config().subscribe.keepalive;
     // Ends when the client disconnects (the stream is dropped), when the
     // broker ends the subscription, or at shutdown.
-    let stream = subscription
-        .map(|item| Ok(event(item)))
+    // A first comment says the consumer is registered: from now on nothing
+    // published to the queue is missed.
+    let hello = Event::default().comment(format!("subscribed queue={}", subscription.queue));
+    let stream = futures::stream::once(async move { Ok(hello) })
+        .chain(subscription.map(|item| Ok(event(item))))
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
 }
