@@ -421,19 +421,9 @@ async fn rpc_and_topology_recover_after_connections_drop() {
     let _serial = FAULTS.lock().await;
     let _restore = Restore;
     let exchange = unique("recovered");
-    let path = std::env::temp_dir().join(format!("{}.toml", unique("cfg")));
-    std::fs::write(&path, format!("[[topology.exchanges]]\nname = \"{exchange}\"\ntype = \"fanout\"\nauto_delete = true\n")).unwrap();
-    let mut env = std::collections::HashMap::new();
-    env.insert("WARREN__AMQP__URL".to_string(), common::amqp_url());
-    env.insert(
-        "WARREN__HTTP__LISTEN".to_string(),
-        "127.0.0.1:0".to_string(),
-    );
-    env.insert(
-        "WARREN__GRPC__LISTEN".to_string(),
-        "127.0.0.1:0".to_string(),
-    );
-    let config = warren::config::Config::load_with_env(Some(&path), Some(env)).unwrap();
+    let config = common::config_toml(&format!(
+        "[[topology.exchanges]]\nname = \"{exchange}\"\ntype = \"fanout\"\nauto_delete = true\n"
+    ));
     let warren = Warren::start_with(config).await;
     let broker = Broker::connect().await;
     // Someone deletes the configured exchange; a reconnect declares it again.
@@ -505,6 +495,5 @@ async fn rpc_and_topology_recover_after_connections_drop() {
     let reply = client.call(call).await.unwrap().into_inner();
     assert_eq!(&reply.message.unwrap().body[..], b"pong");
     responder.abort();
-    let _ = std::fs::remove_file(path);
     warren.stop().await;
 }

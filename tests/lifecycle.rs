@@ -113,19 +113,10 @@ fn config_file(text: &str) -> std::path::PathBuf {
     path
 }
 
-fn config_from(path: &std::path::Path) -> warren::config::Config {
-    let mut env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    env.insert("WARREN__AMQP__URL".into(), common::amqp_url());
-    env.insert("WARREN__HTTP__LISTEN".into(), "127.0.0.1:0".into());
-    env.insert("WARREN__GRPC__LISTEN".into(), "127.0.0.1:0".into());
-    warren::config::Config::load_with_env(Some(path), Some(env)).unwrap()
-}
-
 #[tokio::test]
 async fn topology_of_every_kind_is_declared_and_routes() {
     let p = unique("topo");
-    let path = config_file(&topology_toml(&p));
-    let warren = Warren::start_with(config_from(&path)).await;
+    let warren = Warren::start_with(common::config_toml(&topology_toml(&p))).await;
     let broker = Broker::connect().await;
     // Everything exists with the declared arguments (a passive declare
     // checks existence; an active one with the same arguments is accepted).
@@ -223,14 +214,26 @@ async fn topology_of_every_kind_is_declared_and_routes() {
         .unwrap();
     assert_eq!(response.status(), 403);
     warren.stop().await;
+    // Dead-letter queues for the classic and quorum queues, none for the stream.
+    for (queue, has_dlq) in [("classic", true), ("quorum", true), ("stream", false)] {
+        let channel = broker.connection.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let dlq = format!("{p}.{queue}.dlq");
+        let exists = channel
+            .queue_declare(dlq.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        assert_eq!(exists, has_dlq, "{dlq}");
+    }
     let cleanup = broker.connection.create_channel().await.unwrap();
-    let _ = cleanup
-        .queue_delete(format!("{p}.stream").as_str().into(), Default::default())
-        .await;
-    let _ = cleanup
-        .queue_delete(format!("{p}.quorum").as_str().into(), Default::default())
-        .await;
-    let _ = std::fs::remove_file(path);
+    for q in ["stream", "quorum", "quorum.dlq", "classic.dlq", "eu.dlq"] {
+        let _ = cleanup
+            .queue_delete(format!("{p}.{q}").as_str().into(), Default::default())
+            .await;
+    }
 }
 
 #[tokio::test]
@@ -241,9 +244,11 @@ async fn a_refused_declaration_stops_start_up_naming_it() {
     let path = config_file(&format!(
         "[[topology.queues]]\nname = \"{name}\"\ntype = \"quorum\"\n"
     ));
-    let server = warren::server::Server::start(config_from(&path))
-        .await
-        .unwrap();
+    let server = warren::server::Server::start(common::config_toml(
+        &std::fs::read_to_string(&path).unwrap(),
+    ))
+    .await
+    .unwrap();
     let error = tokio::time::timeout(Duration::from_secs(30), server.declare_topology())
         .await
         .unwrap()

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{unique, Broker, Warren};
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 use prost_types::value::Kind;
@@ -197,16 +197,7 @@ async fn a_deleted_exchange_fails_alone_on_a_busy_channel() {
     let queue = unique("survivors");
     broker.queue(&queue).await;
     let doomed = unique("doomed");
-    broker
-        .channel
-        .exchange_declare(
-            doomed.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    broker.exchange(&doomed, ExchangeKind::Fanout).await;
     let client = warren.grpc().await;
     let publisher = unique("pub");
     let named = |req: PublishRequest| {
@@ -348,16 +339,7 @@ async fn publish_stream_keeps_order_across_a_channel_failure() {
     let queue = unique("reorder");
     broker.queue(&queue).await;
     let doomed = unique("doomed");
-    broker
-        .channel
-        .exchange_declare(
-            doomed.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    broker.exchange(&doomed, ExchangeKind::Fanout).await;
     let mut client = warren.grpc().await;
     let mut warm = request(&doomed, "", b"warm");
     warm.allow_unroutable = true;
@@ -625,19 +607,7 @@ async fn bindings_route_published_messages() {
     let broker = Broker::connect().await;
     let exchange = unique("topic");
     let queue = unique("bound");
-    broker
-        .channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    broker.exchange(&exchange, ExchangeKind::Topic).await;
     broker.queue(&queue).await;
     broker
         .channel

@@ -17,26 +17,9 @@ use warren::proto::{AckRequest, Delivery, Message, NackRequest, PublishRequest, 
 /// Warren with `queue` declared from config (so it gets `<queue>.dlq`) and a
 /// retry policy of its own for it.
 async fn warren_with_queue(queue: &str, kind: &str, max_attempts: u32) -> Warren {
-    let path = std::env::temp_dir().join(format!("{}.toml", unique("cfg")));
-    std::fs::write(
-        &path,
-        format!(
-            "[[topology.queues]]\nname = \"{queue}\"\ntype = \"{kind}\"\n\n[retry.queues.\"{queue}\"]\nmax_attempts = {max_attempts}\ninitial_backoff = \"300ms\"\nmax_backoff = \"1s\"\n"
-        ),
-    )
-    .unwrap();
-    let mut env = std::collections::HashMap::new();
-    env.insert("WARREN__AMQP__URL".to_string(), common::amqp_url());
-    env.insert(
-        "WARREN__HTTP__LISTEN".to_string(),
-        "127.0.0.1:0".to_string(),
-    );
-    env.insert(
-        "WARREN__GRPC__LISTEN".to_string(),
-        "127.0.0.1:0".to_string(),
-    );
-    let config = warren::config::Config::load_with_env(Some(&path), Some(env)).unwrap();
-    let _ = std::fs::remove_file(path);
+    let config = common::config_toml(&format!(
+        "[[topology.queues]]\nname = \"{queue}\"\ntype = \"{kind}\"\n\n[retry.queues.\"{queue}\"]\nmax_attempts = {max_attempts}\ninitial_backoff = \"300ms\"\nmax_backoff = \"1s\"\n"
+    ));
     Warren::start_with(config).await
 }
 

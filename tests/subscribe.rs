@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{unique, Broker, Warren};
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, ExchangeKind};
 use prost_types::value::Kind;
@@ -490,19 +490,7 @@ async fn broadcast_gives_every_subscriber_a_copy_and_named_queues_share() {
     let warren = Warren::start().await;
     let broker = Broker::connect().await;
     let exchange = unique("events");
-    broker
-        .channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    broker.exchange(&exchange, ExchangeKind::Topic).await;
     let mut client = warren.grpc().await;
     let broadcast = SubscribeRequest {
         exchange: exchange.clone(),
@@ -579,19 +567,7 @@ async fn headers_matching_subscriptions() {
     let warren = Warren::start().await;
     let broker = Broker::connect().await;
     let exchange = unique("hdr");
-    broker
-        .channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Headers,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    broker.exchange(&exchange, ExchangeKind::Headers).await;
     let mut client = warren.grpc().await;
     let mut eu = subscribe(
         &mut client,

@@ -334,14 +334,12 @@ impl Bus {
         let mut request = self.prepare(request).await?;
         // Call sets these itself; a client's values would be overwritten.
         request.message.reply_to.clear();
-        self.rpc
-            .call(
-                &request.exchange,
-                &request.routing_key,
-                request.message,
-                timeout,
-            )
-            .await
+        let (exchange, key) = (&request.exchange, &request.routing_key);
+        let reply = self.rpc.call(exchange, key, request.message, timeout).await;
+        // A call that timed out says nothing about the broker: the responder
+        // may be slow. Broker faults count.
+        self.breaker.record(&reply);
+        reply
     }
 
     /// Answers a delivered request: publishes `message` to its reply_to with

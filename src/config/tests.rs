@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::*;
 
@@ -207,4 +208,78 @@ fn topology_rules() {
     assert!(
         message(Config::load_with_env(Some(&f.0), env(&[]))).contains("topology.queues[0].name")
     );
+}
+
+#[test]
+fn rpc_rules() {
+    let e = message(load_env(&[("WARREN__RPC__MAX_PENDING", "0")]));
+    assert!(e.contains("rpc.max_pending"), "{e}");
+    let e = message(load_env(&[("WARREN__RPC__CHANNELS", "0")]));
+    assert!(e.contains("rpc.channels"), "{e}");
+    let e = message(load_env(&[("WARREN__RPC__DEFAULT_TIMEOUT", "10m")]));
+    assert!(
+        e.contains("rpc.default_timeout") && e.contains("rpc.max_timeout"),
+        "{e}"
+    );
+    let e = message(load_env(&[("WARREN__RPC__DEFAULT_TIMEOUT", "0s")]));
+    assert!(e.contains("rpc.default_timeout"), "{e}");
+}
+
+#[test]
+fn breaker_rules() {
+    let e = message(load_env(&[("WARREN__BREAKER__FAILURES", "0")]));
+    assert!(e.contains("breaker.failures"), "{e}");
+    let e = message(load_env(&[
+        ("WARREN__BREAKER__OPEN_MIN", "1m"),
+        ("WARREN__BREAKER__OPEN_MAX", "10s"),
+    ]));
+    assert!(e.contains("breaker.open_min"), "{e}");
+    let e = message(load_env(&[("WARREN__BREAKER__OPEN_MIN", "0s")]));
+    assert!(e.contains("breaker.open_min"), "{e}");
+    // Sub-second open periods are fine.
+    load_env(&[("WARREN__BREAKER__OPEN_MIN", "200ms")]).unwrap();
+}
+
+#[test]
+fn retry_rules_and_per_queue_policies() {
+    let e = message(load_env(&[("WARREN__RETRY__MAX_ATTEMPTS", "0")]));
+    assert!(e.contains("retry.max_attempts"), "{e}");
+    let e = message(load_env(&[("WARREN__RETRY__INITIAL_BACKOFF", "2m")]));
+    assert!(e.contains("retry.initial_backoff"), "{e}");
+    let e = message(load_env(&[("WARREN__RETRY__DELAY_QUEUE_TYPE", "stream")]));
+    assert!(e.contains("retry.delay_queue_type"), "{e}");
+    let f = file("[retry]\nmax_attempts = 3\n[retry.queues.\"orders\"]\nmax_attempts = 9\ninitial_backoff = \"5s\"\nmax_backoff = \"10m\"\n");
+    let c = Config::load_with_env(Some(&f.0), env(&[])).unwrap();
+    assert_eq!(c.retry.policy("orders").max_attempts, 9);
+    assert_eq!(c.retry.policy("other").max_attempts, 3);
+    assert_eq!(
+        c.retry.policy("other").initial_backoff,
+        Duration::from_secs(1)
+    );
+    let f = file("[retry.queues.\"bad\"]\nmax_attempts = 0\ninitial_backoff = \"1s\"\nmax_backoff = \"2s\"\n");
+    let e = message(Config::load_with_env(Some(&f.0), env(&[])));
+    assert!(e.contains("retry.queues.\"bad\".max_attempts"), "{e}");
+}
+
+#[test]
+fn dead_letter_limits() {
+    for key in ["MAX_LIST", "MAX_SCAN"] {
+        let e = message(load_env(&[(&format!("WARREN__DEAD_LETTERS__{key}"), "0")]));
+        assert!(
+            e.contains(&format!("dead_letters.{}", key.to_lowercase())),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn quorum_queues_with_warren_dead_letters_need_reject_publish() {
+    let f = file("[[topology.queues]]\nname = \"q\"\ntype = \"quorum\"\narguments = { \"x-overflow\" = \"drop-head\" }\n");
+    let e = message(Config::load_with_env(Some(&f.0), env(&[])));
+    assert!(
+        e.contains("topology.queues[0].arguments") && e.contains("reject-publish"),
+        "{e}"
+    );
+    let f = file("[[topology.queues]]\nname = \"q\"\ntype = \"quorum\"\ndead_letter_queue = false\narguments = { \"x-overflow\" = \"drop-head\" }\n");
+    Config::load_with_env(Some(&f.0), env(&[])).unwrap();
 }

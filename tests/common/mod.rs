@@ -31,6 +31,19 @@ pub fn config() -> Config {
 
 /// The test configuration with extra `WARREN__...` settings.
 pub fn config_with(env: &[(&str, &str)]) -> Config {
+    Config::load_with_env(None, Some(test_env(env))).expect("test config is valid")
+}
+
+/// A test configuration from a TOML file's text (free ports, the test broker).
+pub fn config_toml(toml: &str) -> Config {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("config")));
+    std::fs::write(&path, toml).expect("temp file written");
+    let config = Config::load_with_env(Some(&path), Some(test_env(&[])));
+    let _ = std::fs::remove_file(&path);
+    config.expect("test config is valid")
+}
+
+fn test_env(env: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
     let mut vars: std::collections::HashMap<String, String> = [
         ("WARREN__AMQP__URL", amqp_url()),
         ("WARREN__HTTP__LISTEN", "127.0.0.1:0".into()),
@@ -43,7 +56,7 @@ pub fn config_with(env: &[(&str, &str)]) -> Config {
     for (k, v) in env {
         vars.insert(k.to_string(), v.to_string());
     }
-    Config::load_with_env(None, Some(vars)).expect("test config is valid")
+    vars
 }
 
 /// A Warren running in this process.
@@ -127,6 +140,18 @@ impl Broker {
             )
             .await
             .expect("queue declared");
+    }
+
+    /// Declares an auto-delete exchange (gone once its last binding is).
+    pub async fn exchange(&self, name: &str, kind: lapin::ExchangeKind) {
+        let options = lapin::options::ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(name.into(), kind, options, FieldTable::default())
+            .await
+            .expect("exchange declared");
     }
 
     /// Takes up to `n` messages, waiting at most `wait` for them.

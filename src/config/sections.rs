@@ -1,0 +1,279 @@
+//! The plain sections of the configuration: each with its documented
+//! fields and its defaults in one `Default` impl.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[amqp]`: where the broker is and how Warren uses its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Amqp {
+    /// One broker URI, or several separated by commas (tried in order).
+    pub url: String,
+    /// Connections per role: publishing and consuming each get this many, so
+    /// the broker's flow control on publishers never stalls consumers.
+    pub pool_size: usize,
+    /// Most channels Warren opens for publishers; past it a new publisher is
+    /// refused with RESOURCE_EXHAUSTED.
+    pub max_channels: usize,
+    /// Channels shared by publishes that name no publisher.
+    pub shared_publishers: usize,
+    /// A named publisher's channel is closed after this long without use.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Limit on establishing one connection (TCP, TLS, AMQP handshake).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Limit on any other broker round trip (open a channel, declare, ...).
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Heartbeat interval proposed to the broker, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Shown in the management UI as the connection's name prefix.
+    pub connection_name: String,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            pool_size: 2,
+            max_channels: 1024,
+            shared_publishers: 4,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(10),
+            heartbeat: 30,
+            connection_name: "warren".into(),
+        }
+    }
+}
+
+impl Amqp {
+    /// The broker URIs in failover order.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listener {
+    /// Address to listen on (`host:port`; port 0 picks a free port).
+    pub listen: String,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5680".into(),
+        }
+    }
+}
+
+/// `[grpc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcListener {
+    /// Address to listen on (`host:port`; port 0 picks a free port).
+    pub listen: String,
+}
+
+impl Default for GrpcListener {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5681".into(),
+        }
+    }
+}
+
+/// `[publish]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Publish {
+    /// Largest message body accepted, in bytes (413 / RESOURCE_EXHAUSTED past it).
+    pub max_body_bytes: usize,
+    /// Unconfirmed messages one publisher channel may have in flight.
+    pub max_in_flight: usize,
+    /// Requests one `PublishStream` may have awaiting their confirms.
+    pub stream_window: usize,
+    /// How long to wait for the broker's confirm of one message.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// How long a known exchange is trusted before it is checked again.
+    #[serde(with = "humantime_serde")]
+    pub exchange_cache_ttl: Duration,
+    /// How long a publish caught by a broker fault (connection lost, channel
+    /// closed) is retried, with exponential backoff and jitter, before it
+    /// fails with UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_in_flight: 4096,
+            stream_window: 1024,
+            confirm_timeout: Duration::from_secs(30),
+            exchange_cache_ttl: Duration::from_secs(30),
+            retry_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[subscribe]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Subscribe {
+    /// Prefetch used when a subscription asks for 0.
+    pub default_prefetch: u16,
+    /// Largest prefetch a subscription may ask for.
+    pub max_prefetch: u16,
+    /// Interval of keep-alive comments on idle Server-Sent Event streams.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Most subscriptions open at once (each has a channel); past it a new
+    /// one is refused with RESOURCE_EXHAUSTED.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Subscribe {
+    fn default() -> Self {
+        Self {
+            default_prefetch: 100,
+            max_prefetch: 10_000,
+            keepalive: Duration::from_secs(15),
+            max_subscriptions: 1024,
+        }
+    }
+}
+
+/// `[rpc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rpc {
+    /// Timeout of a call that sets no `timeout_ms`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Longest timeout a call may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Most calls awaiting their reply at once (RESOURCE_EXHAUSTED past it).
+    pub max_pending: usize,
+    /// Channels for calls, each with its direct reply-to consumer.
+    pub channels: usize,
+}
+
+impl Default for Rpc {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(5),
+            max_timeout: Duration::from_secs(300),
+            max_pending: 10_000,
+            channels: 2,
+        }
+    }
+}
+
+/// `[dead_letters]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLetters {
+    /// Most dead letters one listing may return.
+    pub max_list: usize,
+    /// Most dead letters one replay or discard looks through.
+    pub max_scan: usize,
+}
+
+impl Default for DeadLetters {
+    fn default() -> Self {
+        Self {
+            max_list: 1000,
+            max_scan: 10_000,
+        }
+    }
+}
+
+/// `[breaker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Breaker {
+    /// Whether publishes and calls go through the breaker.
+    pub enabled: bool,
+    /// Consecutive broker failures that open it.
+    pub failures: u32,
+    /// First open period (then doubling, jittered, up to `open_max`).
+    #[serde(with = "humantime_serde")]
+    pub open_min: Duration,
+    /// Longest open period.
+    #[serde(with = "humantime_serde")]
+    pub open_max: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: 5,
+            open_min: Duration::from_secs(1),
+            open_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `warren=debug,lapin=warn`, ...
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info,lapin=off".into(),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// How long in-flight work may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+        }
+    }
+}
