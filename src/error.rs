@@ -62,6 +62,9 @@ pub enum Error {
     /// Not built yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
+    /// An HTTP endpoint called with a method it does not take.
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
     /// A bug or an unexpected broker answer; details are in the log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -100,7 +103,7 @@ impl Error {
             Error::PermissionDenied(_) => code::PERMISSION_DENIED,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => code::UNAVAILABLE,
             Error::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
-            Error::Unimplemented(_) => code::UNIMPLEMENTED,
+            Error::Unimplemented(_) | Error::MethodNotAllowed => code::UNIMPLEMENTED,
             Error::Internal(_) => code::INTERNAL,
         }
     }
@@ -116,6 +119,7 @@ impl Error {
             Error::LimitReached(_) => 429,
             Error::Internal(_) => 500,
             Error::Unimplemented(_) => 501,
+            Error::MethodNotAllowed => 405,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => 503,
             Error::DeadlineExceeded(_) => 504,
         }
@@ -136,6 +140,7 @@ impl Error {
             Error::DeadlineExceeded(_) => "deadline-exceeded",
             Error::ShuttingDown => "shutting-down",
             Error::Unimplemented(_) => "unimplemented",
+            Error::MethodNotAllowed => "method-not-allowed",
             Error::Internal(_) => "internal",
         }
     }

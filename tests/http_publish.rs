@@ -219,6 +219,9 @@ async fn errors_are_problem_json_with_contract_statuses() {
         .await
         .unwrap();
     assert_eq!(problem(response).await.0, 400);
+    // Wrong method.
+    let response = http.get(warren.url("/v1/publish")).send().await.unwrap();
+    assert_eq!(problem(response).await.0, 405);
     // Unknown endpoint.
     let response = http.get(warren.url("/v1/nothing")).send().await.unwrap();
     assert_eq!(problem(response).await.0, 404);

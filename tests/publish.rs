@@ -454,6 +454,11 @@ async fn bad_input_is_refused_and_nothing_is_published() {
         let status = client.publish(req).await.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {status:?}");
     }
+    // Far over the limit: refused by the transport before it is decoded,
+    // still with RESOURCE_EXHAUSTED.
+    let huge = request("", &queue, &vec![7u8; 3 * 1024 * 1024]);
+    let status = client.publish(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     // A publisher name that is not ASCII-visible metadata cannot even be sent;
     // an empty one is refused.
     let mut req = tonic::Request::new(request("", &queue, b"x"));
@@ -633,5 +638,57 @@ async fn bindings_route_published_messages() {
     let got = broker.take(&queue, 2, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].routing_key.as_str(), "order.created");
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn idle_named_publishers_close_their_channels() {
+    let config = common::config_with(&[("WARREN__AMQP__IDLE_TIMEOUT", "300ms")]);
+    let warren = Warren::start_with(config).await;
+    let broker = Broker::connect().await;
+    let queue = unique("idle");
+    broker.queue(&queue).await;
+    let mut client = warren.grpc().await;
+    let channels = || async {
+        let text = reqwest::get(warren.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("warren_amqp_channels "))
+            .unwrap()
+            .to_owned();
+        line.rsplit(' ').next().unwrap().parse::<i64>().unwrap()
+    };
+    client.publish(request("", &queue, b"warm")).await.unwrap();
+    let before = channels().await;
+    for name in ["a", "b", "c"] {
+        let mut r = tonic::Request::new(request("", &queue, b"x"));
+        r.metadata_mut()
+            .insert("x-warren-publisher", name.parse().unwrap());
+        client.publish(r).await.unwrap();
+    }
+    assert_eq!(
+        channels().await,
+        before + 3,
+        "one channel per named publisher"
+    );
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if channels().await == before {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "idle named publishers closed their channels");
+    // A name used again gets a channel again.
+    let mut r = tonic::Request::new(request("", &queue, b"again"));
+    r.metadata_mut()
+        .insert("x-warren-publisher", "a".parse().unwrap());
+    client.publish(r).await.unwrap();
     warren.stop().await;
 }

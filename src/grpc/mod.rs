@@ -73,11 +73,33 @@ pub async fn serve(
         .max_encoding_message_size(max_message);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A span per call, named by its method, around what the bus logs.
+        .trace_fn(|request| tracing::debug_span!("grpc", method = %request.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
+}
+
+/// tonic refuses a request over its decoding limit with OUT_OF_RANGE; the
+/// contract says RESOURCE_EXHAUSTED for anything over a size limit.
+fn too_large_is_resource_exhausted<B>(
+    mut response: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 /// Keeps `grpc.health.v1` in step with the broker connection: SERVING for

@@ -54,7 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        // A span per request (method, path) around what the bus logs.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -78,6 +81,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.bus.metrics().render(),
     )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem(Error::MethodNotAllowed)
 }
 
 async fn not_found() -> Problem {
