@@ -66,6 +66,7 @@ impl Pool {
                     name: format!("{}-{}-{index}", amqp.connection_name, role.as_str()),
                     urls: amqp.urls(),
                     heartbeat: amqp.heartbeat,
+                    frame_max: amqp.frame_max,
                     connect_timeout: amqp.connect_timeout,
                     tx,
                     close: close.clone(),
@@ -183,6 +184,7 @@ struct Supervisor {
     name: String,
     urls: Vec<String>,
     heartbeat: u16,
+    frame_max: u32,
     connect_timeout: Duration,
     tx: watch::Sender<Option<Arc<Connection>>>,
     close: CancellationToken,
@@ -245,6 +247,9 @@ impl Supervisor {
             };
             if uri.query.heartbeat.is_none() {
                 uri.query.heartbeat = Some(self.heartbeat);
+            }
+            if uri.query.frame_max.is_none() {
+                uri.query.frame_max = Some(self.frame_max);
             }
             let properties =
                 ConnectionProperties::default().with_connection_name(self.name.clone().into());

@@ -146,6 +146,13 @@ impl Config {
                 return Err(invalid(key, value, "must be at least 1"));
             }
         }
+        if !(4096..=1_048_576).contains(&self.amqp.frame_max) {
+            return Err(invalid(
+                "amqp.frame_max",
+                self.amqp.frame_max,
+                "must be 4096 to 1048576",
+            ));
+        }
         if self.amqp.shared_publishers >= self.amqp.max_channels {
             return Err(invalid(
                 "amqp.shared_publishers",

@@ -283,3 +283,11 @@ fn quorum_queues_with_warren_dead_letters_need_reject_publish() {
     let f = file("[[topology.queues]]\nname = \"q\"\ntype = \"quorum\"\ndead_letter_queue = false\narguments = { \"x-overflow\" = \"drop-head\" }\n");
     Config::load_with_env(Some(&f.0), env(&[])).unwrap();
 }
+
+#[test]
+fn frame_max_bounds() {
+    for bad in ["100", "2000000"] {
+        let e = message(load_env(&[("WARREN__AMQP__FRAME_MAX", bad)]));
+        assert!(e.contains("amqp.frame_max"), "{e}");
+    }
+}

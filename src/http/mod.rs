@@ -102,6 +102,10 @@ pub async fn serve(
         bus,
         shutdown: shutdown.clone(),
     });
+    // Small responses (confirms, SSE events) must not wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
