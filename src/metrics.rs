@@ -14,12 +14,21 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Publish outcomes (the `outcome` label's whole set).
 pub mod outcome {
-    pub const CONFIRMED: &str = "confirmed";
-    pub const NACKED: &str = "nacked";
-    pub const UNROUTABLE: &str = "unroutable";
-    pub const NOT_FOUND: &str = "not_found";
-    pub const INVALID: &str = "invalid";
-    pub const UNAVAILABLE: &str = "unavailable";
+    pub const CONFIRMED: usize = 0;
+    pub const NACKED: usize = 1;
+    pub const UNROUTABLE: usize = 2;
+    pub const NOT_FOUND: usize = 3;
+    pub const INVALID: usize = 4;
+    pub const UNAVAILABLE: usize = 5;
+    /// The label values, by index.
+    pub const NAMES: [&str; 6] = [
+        "confirmed",
+        "nacked",
+        "unroutable",
+        "not_found",
+        "invalid",
+        "unavailable",
+    ];
 }
 
 /// Every metric Warren exports. Cheap to clone (handles are reference-counted).
@@ -28,6 +37,11 @@ pub struct Metrics {
     registry: Registry,
     /// `warren_publish_total{outcome}`.
     pub publish_total: IntCounterVec,
+    /// Its counters by outcome index, resolved once (no label lookup per publish).
+    publish_outcomes: [IntCounter; 6],
+    /// `warren_nacks_total{requeue="true"}` and `{requeue="false"}`.
+    pub nacks_requeued: IntCounter,
+    pub nacks_dropped: IntCounter,
     /// `warren_publish_duration_seconds`: request to broker confirm.
     pub publish_duration: Histogram,
     /// `warren_deliveries_total`.
@@ -98,21 +112,15 @@ impl Metrics {
             "Publish requests by outcome.",
             "outcome",
         );
-        for o in [
-            outcome::CONFIRMED,
-            outcome::NACKED,
-            outcome::UNROUTABLE,
-            outcome::NOT_FOUND,
-            outcome::INVALID,
-            outcome::UNAVAILABLE,
-        ] {
-            publish_total.with_label_values(&[o]);
-        }
+        let publish_outcomes = outcome::NAMES.map(|o| publish_total.with_label_values(&[o]));
         let nacks_total = counter_vec("warren_nacks_total", "Deliveries nacked.", "requeue");
-        nacks_total.with_label_values(&["true"]);
-        nacks_total.with_label_values(&["false"]);
+        let nacks_requeued = nacks_total.with_label_values(&["true"]);
+        let nacks_dropped = nacks_total.with_label_values(&["false"]);
         Self {
             publish_total,
+            publish_outcomes,
+            nacks_requeued,
+            nacks_dropped,
             publish_duration: histogram(
                 "warren_publish_duration_seconds",
                 "Time from a publish request to the broker's confirm.",
@@ -147,9 +155,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one publish outcome.
-    pub fn publish(&self, outcome: &str) {
-        self.publish_total.with_label_values(&[outcome]).inc();
+    /// Counts one publish outcome (an index of [`outcome`]).
+    pub fn publish(&self, outcome: usize) {
+        self.publish_outcomes[outcome].inc();
     }
 
     /// The registry in Prometheus text format.

@@ -65,7 +65,7 @@ pub struct Confirmed {
 pub type Pending = oneshot::Receiver<Result<Confirmed, Error>>;
 
 /// The `warren_publish_total` outcome for a failed publish.
-fn outcome_of(error: &Error) -> &'static str {
+fn outcome_of(error: &Error) -> usize {
     match error {
         Error::Unroutable { .. } => outcome::UNROUTABLE,
         Error::NotFound(_) => outcome::NOT_FOUND,

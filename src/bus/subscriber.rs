@@ -304,12 +304,12 @@ impl Subscriber {
                     state.to_ack.push(*tag);
                 }
                 Action::DeadLetter => {
-                    metrics.nacks_total.with_label_values(&["false"]).inc();
+                    metrics.nacks_dropped.inc();
                     metrics.dead_lettered_total.inc();
                     state.to_nack.push((*tag, false));
                 }
                 Action::Retry { delay_ms } => {
-                    metrics.nacks_total.with_label_values(&["true"]).inc();
+                    metrics.nacks_requeued.inc();
                     let policy = self.ctx.retrier.policy(&self.queue);
                     if held.attempt >= policy.max_attempts {
                         // Used up: dead-letter instead of requeueing.
