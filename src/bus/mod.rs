@@ -220,7 +220,16 @@ impl Bus {
             .open_channel()
             .await
             .map_err(|e| refused(e.to_string()))?;
-        let result = topology::declare(&channel, &self.config.topology).await;
+        let topology = &self.config.topology;
+        let items = topology.exchanges.len() + topology.queues.len() * 2 + topology.bindings.len();
+        let limit = self.config.amqp.operation_timeout * (items as u32 + 1);
+        let result = match tokio::time::timeout(limit, topology::declare(&channel, topology)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(refused(format!(
+                "the broker did not answer within {limit:?}"
+            ))),
+        };
         self.publish_pool.close_channel(&channel).await;
         result
     }

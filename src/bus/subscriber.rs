@@ -115,7 +115,12 @@ impl Subscriber {
                         self.handle(&mut state, request);
                     }
                     if let Err(e) = self.flush(&mut state).await {
-                        break Some(e);
+                        // The channel's state is unknown: start afresh.
+                        match self.resume(&mut state, &e.to_string()).await {
+                            Ok(true) => {}
+                            Ok(false) => break None,
+                            Err(e) => break Some(e),
+                        }
                     }
                 }
                 reserved = self.out.clone().reserve_owned(), if permit.is_none() => match reserved {
@@ -128,7 +133,11 @@ impl Subscriber {
                         if self.auto_ack {
                             state.to_ack.push(tag);
                             if let Err(e) = self.flush(&mut state).await {
-                                break Some(e);
+                                match self.resume(&mut state, &e.to_string()).await {
+                                    Ok(true) => {}
+                                    Ok(false) => break None,
+                                    Err(e) => break Some(e),
+                                }
                             }
                         }
                         self.ctx.metrics.deliveries_total.inc();
@@ -382,6 +391,14 @@ impl Subscriber {
     /// Sends pending acks: one `multiple` ack for the run below every tag
     /// still outstanding, single acks for the rest.
     async fn flush(&self, state: &mut State) -> Result<(), Error> {
+        let limit = self.opener.timeout;
+        match tokio::time::timeout(limit, self.send_settlements(state)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::unavailable("the broker did not take acks in time")),
+        }
+    }
+
+    async fn send_settlements(&self, state: &mut State) -> Result<(), Error> {
         // Nacks first: a later `multiple` ack then cannot cover their tags.
         for (tag, requeue) in std::mem::take(&mut state.to_nack) {
             let options = BasicNackOptions {
