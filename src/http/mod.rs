@@ -57,7 +57,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         // A span per request (method, path) around what the bus logs.
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // (5xx answers are logged at DEBUG: a 503 from /readyz during an
+        // outage is expected, and the bus logs the outage itself.)
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
 }
 
 async fn healthz() -> impl IntoResponse {

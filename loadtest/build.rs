@@ -1,0 +1,15 @@
+//! Compiles Warren's `proto/` (pure Rust, no `protoc`) into a gRPC client.
+//!
+//! The load test builds its own client from the proto instead of linking the
+//! `warren` library, so it measures Warren only over the wire and builds even
+//! while Warren's sources are mid-change.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=../proto");
+    let fds = protox::compile(["warren/v1/bus.proto"], ["../proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .bytes(".warren.v1.Message.body")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Command-line options of `warren-loadtest`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::scenarios::{QueueType, Scenario, Target};
+
+/// Load-tests Warren against the broker it bridges to.
+///
+/// Each scenario runs against Warren (gRPC or HTTP) and, in the same run,
+/// against RabbitMQ directly with lapin doing the same work (same queue type,
+/// message size, persistence and publisher confirms), then prints one table.
+/// Every run is bounded by --messages and --duration, whichever comes first.
+/// Only 127.0.0.1 is ever targeted.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// Scenario to run; repeatable. `all` runs every one.
+    #[arg(long = "scenario", value_enum, default_values_t = [ScenarioArg::All])]
+    pub scenarios: Vec<ScenarioArg>,
+    /// Targets to run (default: every target of each scenario).
+    #[arg(long = "target", value_enum, value_delimiter = ',')]
+    pub targets: Vec<Target>,
+    /// Queue type(s); a list such as `classic,quorum` runs each.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "classic")]
+    pub queue_type: Vec<QueueType>,
+    /// Message body size(s) in bytes, 64 to 65536; `64,4k,64k` runs each.
+    #[arg(long, value_delimiter = ',', default_value = "1024", value_parser = parse_size)]
+    pub size: Vec<usize>,
+    /// Measured messages per scenario and target (after the warm-up).
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// Longest measured phase per scenario and target, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Warm-up messages before measuring (default: 2% of --messages, 50 to 1000).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Concurrent callers / connections (publish-unary, publish-http, rpc).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Outstanding requests on one publish stream (publish-stream).
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Consumer prefetch (subscribe).
+    #[arg(long, default_value_t = 256)]
+    pub prefetch: u16,
+    /// Deliveries per acknowledgement (subscribe).
+    #[arg(long, default_value_t = 64)]
+    pub ack_batch: usize,
+    /// HTTP/2 connections the gRPC callers share.
+    #[arg(long, default_value_t = 1)]
+    pub grpc_connections: usize,
+    /// Warren binary to start (ignored with --warren-url-*).
+    #[arg(long, default_value = "target/release/warren")]
+    pub warren_bin: PathBuf,
+    /// Configuration file for the started Warren (`warren --config FILE`);
+    /// default: Warren's own default (config/warren.toml when present).
+    #[arg(long)]
+    pub warren_config: Option<PathBuf>,
+    /// Extra environment for the started Warren (repeatable), applied last:
+    /// `--warren-env WARREN__AMQP__POOL_SIZE=1`, `--warren-env TOKIO_WORKER_THREADS=1`.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub warren_env: Vec<(String, String)>,
+    /// Where the started Warren's output goes.
+    #[arg(long, default_value = "target/warren-loadtest.warren.log")]
+    pub warren_log: PathBuf,
+    /// Target a running Warren's HTTP listener instead of starting one.
+    #[arg(long, requires = "warren_url_grpc")]
+    pub warren_url_http: Option<String>,
+    /// Target a running Warren's gRPC listener instead of starting one.
+    #[arg(long, requires = "warren_url_http")]
+    pub warren_url_grpc: Option<String>,
+    /// Pid of the running Warren (for CPU and RSS); without it they are not measured.
+    #[arg(long, requires = "warren_url_http")]
+    pub warren_pid: Option<u32>,
+    /// The broker both Warren and the direct client use.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// RabbitMQ's management API (the mgmt-api peer of publish-http).
+    #[arg(long, default_value = "http://127.0.0.1:15672")]
+    pub mgmt_url: String,
+    /// Management API user and password.
+    #[arg(long, default_value = "guest:guest")]
+    pub mgmt_auth: String,
+    /// Before each run, wait up to this many seconds for other processes on
+    /// the machine to use less than a fifth of a core.
+    #[arg(long, default_value_t = 120)]
+    pub quiet_wait: u64,
+    /// Runs again (up to this many times) a run during which other processes
+    /// used more than a quarter of a core; the least disturbed one is kept.
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the latency distributions as an SVG chart.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// A `--scenario` value.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioArg {
+    All,
+    PublishStream,
+    PublishUnary,
+    PublishHttp,
+    Subscribe,
+    Rpc,
+    #[value(name = "latency-1")]
+    Latency1,
+}
+
+impl Args {
+    /// The scenarios to run, in a fixed order, without repeats.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let all = self.scenarios.contains(&ScenarioArg::All);
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| {
+                all || self.scenarios.iter().any(|a| match a {
+                    ScenarioArg::All => true,
+                    ScenarioArg::PublishStream => *s == Scenario::PublishStream,
+                    ScenarioArg::PublishUnary => *s == Scenario::PublishUnary,
+                    ScenarioArg::PublishHttp => *s == Scenario::PublishHttp,
+                    ScenarioArg::Subscribe => *s == Scenario::Subscribe,
+                    ScenarioArg::Rpc => *s == Scenario::Rpc,
+                    ScenarioArg::Latency1 => *s == Scenario::Latency1,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `target` was selected.
+    pub fn wants(&self, target: Target) -> bool {
+        self.targets.is_empty() || self.targets.contains(&target)
+    }
+
+    /// Warm-up messages per scenario and target.
+    pub fn warmup(&self) -> u64 {
+        self.warmup
+            .unwrap_or_else(|| (self.messages / 50).clamp(50, 1000))
+    }
+
+    /// The longest measured phase.
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.max(0.1))
+    }
+
+    /// Checks bounds and that every address is this machine.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.messages > 0, "--messages must be at least 1");
+        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        anyhow::ensure!(self.window > 0, "--window must be at least 1");
+        anyhow::ensure!(self.prefetch > 0, "--prefetch must be at least 1");
+        anyhow::ensure!(self.ack_batch > 0, "--ack-batch must be at least 1");
+        anyhow::ensure!(
+            self.grpc_connections > 0,
+            "--grpc-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.mgmt_auth.contains(':'),
+            "--mgmt-auth must be USER:PASSWORD"
+        );
+        let urls = [
+            Some(&self.amqp_url),
+            Some(&self.mgmt_url),
+            self.warren_url_http.as_ref(),
+            self.warren_url_grpc.as_ref(),
+        ];
+        for url in urls.into_iter().flatten() {
+            loopback_only(url)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses any URL whose host is not 127.0.0.1 (or localhost).
+pub fn loopback_only(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    match parsed.host_str() {
+        Some("127.0.0.1" | "localhost") => Ok(()),
+        other => anyhow::bail!(
+            "{url}: the load test only sends traffic to 127.0.0.1 (host is {other:?})"
+        ),
+    }
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// Parses `4096`, `4k`, `4KiB`, `64k`: 64 bytes to 64 KiB.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (digits, factor) = match lower.trim_end_matches("ib").trim_end_matches('b') {
+        d if d.ends_with('k') => (d.trim_end_matches('k').to_owned(), 1024),
+        d => (d.to_owned(), 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes"))?;
+    let n = n * factor;
+    if !(64..=65536).contains(&n) {
+        return Err(format!("{s:?}: sizes go from 64 B to 64 KiB"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert!(parse_size("63").is_err());
+        assert!(parse_size("65537").is_err());
+    }
+
+    #[test]
+    fn only_loopback() {
+        assert!(loopback_only("http://127.0.0.1:5680").is_ok());
+        assert!(loopback_only("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        assert!(loopback_only("http://10.0.0.1:5680").is_err());
+        assert!(loopback_only("http://example.com").is_err());
+    }
+}
