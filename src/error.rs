@@ -59,9 +59,6 @@ pub enum Error {
     /// Warren is shutting down and takes no new work.
     #[error("warren is shutting down")]
     ShuttingDown,
-    /// Not built yet.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
     /// An HTTP endpoint called with a method it does not take.
     #[error("this endpoint does not take that method")]
     MethodNotAllowed,
@@ -103,7 +100,7 @@ impl Error {
             Error::PermissionDenied(_) => code::PERMISSION_DENIED,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => code::UNAVAILABLE,
             Error::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
-            Error::Unimplemented(_) | Error::MethodNotAllowed => code::UNIMPLEMENTED,
+            Error::MethodNotAllowed => code::UNIMPLEMENTED,
             Error::Internal(_) => code::INTERNAL,
         }
     }
@@ -118,7 +115,6 @@ impl Error {
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => 422,
             Error::LimitReached(_) => 429,
             Error::Internal(_) => 500,
-            Error::Unimplemented(_) => 501,
             Error::MethodNotAllowed => 405,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => 503,
             Error::DeadlineExceeded(_) => 504,
@@ -139,7 +135,6 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline-exceeded",
             Error::ShuttingDown => "shutting-down",
-            Error::Unimplemented(_) => "unimplemented",
             Error::MethodNotAllowed => "method-not-allowed",
             Error::Internal(_) => "internal",
         }

@@ -44,7 +44,6 @@ type Slot = watch::Receiver<Option<Arc<Connection>>>;
 
 /// Connections of one role, spread round-robin.
 pub struct Pool {
-    role: Role,
     slots: Vec<Slot>,
     next: AtomicUsize,
     operation_timeout: Duration,
@@ -78,7 +77,6 @@ impl Pool {
             })
             .collect();
         Arc::new(Self {
-            role,
             slots,
             next: AtomicUsize::new(0),
             operation_timeout: amqp.operation_timeout,
@@ -92,11 +90,6 @@ impl Pool {
     /// what lives on the broker can be declared again.
     pub fn connections_made(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
-    }
-
-    /// The role of this pool.
-    pub fn role(&self) -> Role {
-        self.role
     }
 
     /// Whether every connection of the pool is up.

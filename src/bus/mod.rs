@@ -32,7 +32,7 @@ use crate::metrics::{outcome, Metrics};
 
 use breaker::Breaker;
 pub use dead_letters::{DeadLetter, Outcome as DeadLetterOutcome, Patch, Selection};
-pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
+pub use delivery::{Delivery, SubscribeRequest};
 use exchanges::Exchanges;
 pub use publishers::Handle as PublisherHandle;
 use publishers::Publishers;

@@ -26,14 +26,8 @@ pub struct Subscription {
     pub deliveries: mpsc::Receiver<Result<Delivery, Error>>,
     /// The queue consumed (the generated name for a temporary queue).
     pub queue: String,
-    cancel: tokio_util::sync::DropGuard,
-}
-
-impl Subscription {
-    /// Ends the subscription now.
-    pub fn close(self) {
-        drop(self.cancel);
-    }
+    /// Ends the subscription when the stream is dropped.
+    _cancel: tokio_util::sync::DropGuard,
 }
 
 impl futures::Stream for Subscription {
@@ -172,7 +166,7 @@ impl Subscriptions {
         Ok(Subscription {
             deliveries,
             queue,
-            cancel: cancel.drop_guard(),
+            _cancel: cancel.drop_guard(),
         })
     }
 
