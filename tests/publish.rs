@@ -189,21 +189,34 @@ async fn missing_exchange_is_not_found() {
 
 /// An exchange deleted after Warren learnt it exists: the publish that hits it
 /// closes its channel, yet only it fails; the good publishes in flight on the
-/// same channel (one named publisher) are all confirmed and all arrive.
+/// same channel are all confirmed and all arrive. On a named publisher (its
+/// publisher task republishes what the channel held)...
 #[tokio::test]
 async fn a_deleted_exchange_fails_alone_on_a_busy_channel() {
-    let warren = Warren::start().await;
+    deleted_exchange_fails_alone(Some(unique("pub"))).await;
+}
+
+/// ...and on the one shared channel (each request publishes again itself).
+#[tokio::test]
+async fn a_deleted_exchange_fails_alone_on_the_shared_channel() {
+    deleted_exchange_fails_alone(None).await;
+}
+
+async fn deleted_exchange_fails_alone(publisher: Option<String>) {
+    let config = common::config_with(&[("WARREN__AMQP__SHARED_PUBLISHERS", "1")]);
+    let warren = Warren::start_with(config).await;
     let broker = Broker::connect().await;
     let queue = unique("survivors");
     broker.queue(&queue).await;
     let doomed = unique("doomed");
     broker.exchange(&doomed, ExchangeKind::Fanout).await;
     let client = warren.grpc().await;
-    let publisher = unique("pub");
     let named = |req: PublishRequest| {
         let mut r = tonic::Request::new(req);
-        r.metadata_mut()
-            .insert("x-warren-publisher", publisher.parse().unwrap());
+        if let Some(publisher) = &publisher {
+            r.metadata_mut()
+                .insert("x-warren-publisher", publisher.parse().unwrap());
+        }
         r
     };
     // Learn the exchange, then delete it behind Warren's back.

@@ -13,6 +13,7 @@ mod publisher;
 mod publishers;
 mod retry;
 mod rpc;
+mod shared;
 mod subscriber;
 mod subscriptions;
 
@@ -86,6 +87,7 @@ pub struct Bus {
     consume_pool: Arc<Pool>,
     exchanges: Arc<Exchanges>,
     publishers: Arc<Publishers>,
+    shared: Arc<shared::Shared>,
     subscriptions: Subscriptions,
     rpc: Rpc,
     dead_letters: dead_letters::DeadLetters,
@@ -120,6 +122,10 @@ impl Bus {
             confirm_timeout: config.publish.confirm_timeout,
             retry_budget: config.publish.retry_budget,
         };
+        let shared = Arc::new(shared::Shared::new(
+            ctx.clone(),
+            config.amqp.shared_publishers,
+        ));
         let publishers = Publishers::new(
             ctx,
             config.amqp.max_channels,
@@ -130,7 +136,7 @@ impl Bus {
         let retrier = Arc::new(retry::Retrier::new(
             config.retry.clone(),
             publish_pool.clone(),
-            publishers.shared(),
+            shared.clone(),
             config.amqp.operation_timeout,
         ));
         let dead_letters = dead_letters::DeadLetters {
@@ -163,6 +169,7 @@ impl Bus {
             consume_pool,
             exchanges,
             publishers,
+            shared,
             subscriptions,
             shutdown,
             closing: AtomicBool::new(false),
@@ -243,19 +250,31 @@ impl Bus {
             && !self.closing.load(Ordering::Acquire)
     }
 
-    /// The publisher for a unary publish: the one named, else a shared one.
-    pub fn publisher(&self, name: Option<&str>) -> Result<PublisherHandle, Error> {
-        match name {
-            Some(name) => {
-                if name.is_empty() || name.len() > 128 {
-                    return Err(Error::InvalidArgument(
-                        "a publisher name must be 1 to 128 bytes".into(),
-                    ));
-                }
-                self.publishers.named(name)
-            }
-            None => Ok(self.publishers.shared()),
+    /// Publishes one message and waits for the broker's confirm: on the
+    /// channel of the publisher named (its messages keep their order), else
+    /// on one of the shared channels.
+    pub async fn publish_unary(
+        &self,
+        publisher: Option<&str>,
+        publish: Publish,
+    ) -> Result<Confirmed, Error> {
+        let Some(name) = publisher else {
+            return self.publish_shared(publish).await;
+        };
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::InvalidArgument(
+                "a publisher name must be 1 to 128 bytes".into(),
+            ));
         }
+        let publisher = self.publishers.named(name)?;
+        self.publish(&publisher, publish).await
+    }
+
+    async fn publish_shared(&self, publish: Publish) -> Result<Confirmed, Error> {
+        let started = Instant::now();
+        let result = self.prepare(publish).await;
+        let publish = result.inspect_err(|e| self.metrics.publish(outcome_of(e)))?;
+        self.shared.publish(&publish, None, started).await
     }
 
     /// A publisher of its own, for one publish stream; it closes its channel
@@ -364,8 +383,7 @@ impl Bus {
             message,
             mandatory: false,
         };
-        let publisher = self.publishers.shared();
-        self.publish(&publisher, publish).await?;
+        self.publish_shared(publish).await?;
         self.ack(&[delivery_id.to_owned()]).await.map(|_| ())
     }
 
@@ -428,7 +446,11 @@ impl Bus {
         self.closing.store(true, Ordering::Release);
         self.shutdown.cancel();
         info!("draining publishers and closing subscriptions");
-        tokio::join!(self.publishers.drained(), self.subscriptions.closed());
+        tokio::join!(
+            self.publishers.drained(),
+            self.subscriptions.closed(),
+            self.shared.close()
+        );
         self.publish_pool.close().await;
         self.consume_pool.close().await;
         self.metrics.broker_up.set(0);

@@ -28,7 +28,7 @@ use super::exchanges::Exchanges;
 use super::{Confirmed, Publish};
 
 /// How many times a message caught in a channel failure is published in all.
-const MAX_ATTEMPTS: u32 = 3;
+pub(super) const MAX_ATTEMPTS: u32 = 3;
 
 /// A queued publish and where its outcome goes.
 pub(super) struct Command {
@@ -84,7 +84,7 @@ pub(super) struct Context {
 
 /// Backoff between attempts to get a channel back: 50 ms doubling to 2 s,
 /// with jitter so that many publishers do not retry in step.
-fn retry_backoff() -> impl Iterator<Item = Duration> {
+pub(super) fn retry_backoff() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
@@ -379,19 +379,40 @@ impl Task {
     }
 
     fn finish(&self, command: Command, result: Result<Confirmed, Error>) {
-        self.ctx.breaker.record(&result);
-        let metrics = &self.ctx.metrics;
-        match &result {
-            Ok(_) => {
-                metrics.publish(outcome::CONFIRMED);
-                metrics
-                    .publish_duration
-                    .observe(command.started.elapsed().as_secs_f64());
-            }
-            Err(e) => metrics.publish(super::outcome_of(e)),
-        }
+        self.ctx.record(command.started, &result);
         // The caller may have gone (deadline, disconnect): nothing to tell.
         let _ = command.reply.send(result);
+    }
+}
+
+impl Context {
+    /// Counts a finished publish in the metrics and the breaker.
+    pub(super) fn record(&self, started: Instant, result: &Result<Confirmed, Error>) {
+        self.breaker.record(result);
+        match result {
+            Ok(_) => {
+                self.metrics.publish(outcome::CONFIRMED);
+                self.metrics
+                    .publish_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(e) => self.metrics.publish(super::outcome_of(e)),
+        }
+    }
+}
+
+/// The verdict of a confirm on `publish`.
+pub(super) fn verdict(confirmation: Confirmation, publish: &Publish) -> Result<Confirmed, Error> {
+    match Outcome::from(confirmation) {
+        Outcome::Acked => Ok(Confirmed {
+            message_id: publish.message.message_id.clone(),
+        }),
+        Outcome::Returned => Err(Error::Unroutable {
+            exchange: publish.exchange.clone(),
+            routing_key: publish.routing_key.clone(),
+        }),
+        Outcome::Nacked => Err(Error::Nacked),
+        _ => Err(Error::Internal("channel is not in confirm mode".into())),
     }
 }
 

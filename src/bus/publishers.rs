@@ -1,8 +1,8 @@
-//! Which publisher a publish goes to: a named one, a stream's own, or one of
-//! the shared set; with a cap on how many exist and idle ones closed.
+//! Publisher tasks: named ones and those of publish streams, with a cap on
+//! how many exist (the shared channels count against it) and idle named
+//! ones closed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,44 +27,27 @@ pub struct Publishers {
     ctx: Context,
     permits: Arc<Semaphore>,
     max_channels: usize,
-    shared: Vec<Handle>,
-    next: AtomicUsize,
     named: Mutex<HashMap<String, Named>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Publishers {
-    /// The shared set, and room for `max_channels` publishers in all.
+    /// Room for `max_channels` channels in all, `reserved` of them taken by
+    /// the shared channels.
     pub(super) fn new(
         ctx: Context,
         max_channels: usize,
-        shared: usize,
+        reserved: usize,
         idle_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let permits = Arc::new(Semaphore::new(max_channels));
+        let permits = Arc::new(Semaphore::new(max_channels.saturating_sub(reserved)));
         let tracker = TaskTracker::new();
-        let shared = (0..shared)
-            .map(|_| {
-                let permit = permits
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("validated: shared < max");
-                Handle(publisher::spawn(
-                    ctx.clone(),
-                    permit,
-                    shutdown.clone(),
-                    &tracker,
-                ))
-            })
-            .collect();
         let this = Arc::new(Self {
             ctx,
             permits,
             max_channels,
-            shared,
-            next: AtomicUsize::new(0),
             named: Mutex::new(HashMap::new()),
             tracker,
             shutdown,
@@ -111,12 +94,6 @@ impl Publishers {
             },
         );
         Ok(handle)
-    }
-
-    /// One of the shared publishers, in turn.
-    pub fn shared(&self) -> Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        self.shared[i].clone()
     }
 
     /// Waits until every publisher has settled its messages and closed its

@@ -21,10 +21,8 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use rand::Rng;
-use tokio::sync::oneshot;
 
-use super::publisher::Command;
-use super::publishers::Handle;
+use super::shared::Shared;
 use super::Publish;
 use crate::amqp::{self, Pool};
 use crate::config::{self, QueueKind, RetryPolicy};
@@ -35,7 +33,7 @@ use crate::message::Message;
 pub struct Retrier {
     config: config::Retry,
     pool: Arc<Pool>,
-    publisher: Handle,
+    publisher: Arc<Shared>,
     timeout: Duration,
     declared: Mutex<HashMap<String, Instant>>,
     channel: tokio::sync::Mutex<Option<Channel>>,
@@ -71,7 +69,7 @@ impl Retrier {
     pub(super) fn new(
         config: config::Retry,
         pool: Arc<Pool>,
-        publisher: Handle,
+        publisher: Arc<Shared>,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -187,29 +185,18 @@ impl Retrier {
         body: bytes::Bytes,
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        let (reply, confirmed) = oneshot::channel();
-        let command = Command {
-            publish: Publish {
-                exchange: String::new(),
-                routing_key: queue.to_owned(),
-                message: Message {
-                    body,
-                    ..Default::default()
-                },
-                mandatory: true,
+        let publish = Publish {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            message: Message {
+                body,
+                ..Default::default()
             },
-            properties: Some(properties),
-            started: Instant::now(),
-            reply,
+            mandatory: true,
         };
         self.publisher
-            .0
-            .send(command)
+            .publish(&publish, Some(properties), Instant::now())
             .await
-            .map_err(|_| Error::ShuttingDown)?;
-        confirmed
-            .await
-            .map_err(|_| Error::ShuttingDown)?
             .map(|_| ())
     }
 }

@@ -95,10 +95,9 @@ impl proto::bus_server::Bus for Service {
         let request = request.into_inner();
         let request_id = request.request_id.clone();
         let result = async {
-            let publisher = self.bus.publisher(name.as_deref())?;
             let mut publish = convert::publish(request)?;
             trace.apply(&mut publish.message)?;
-            self.bus.publish(&publisher, publish).await
+            self.bus.publish_unary(name.as_deref(), publish).await
         }
         .await;
         match result {

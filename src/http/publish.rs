@@ -52,8 +52,12 @@ fn publisher_name(headers: &HeaderMap) -> Result<Option<String>, Error> {
 }
 
 async fn publish(state: &AppState, headers: &HeaderMap, publish: Publish) -> Result<String, Error> {
-    let publisher = state.bus.publisher(publisher_name(headers)?.as_deref())?;
-    Ok(state.bus.publish(&publisher, publish).await?.message_id)
+    let name = publisher_name(headers)?;
+    Ok(state
+        .bus
+        .publish_unary(name.as_deref(), publish)
+        .await?
+        .message_id)
 }
 
 /// `POST /v1/publish`.
