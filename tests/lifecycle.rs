@@ -392,3 +392,27 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
         "{rest:?}"
     );
 }
+
+/// Several broker URIs are tried in order: the first is unreachable, Warren
+/// connects through the second.
+#[tokio::test]
+async fn broker_uris_fail_over_in_order() {
+    let url = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", common::amqp_url());
+    let config = common::config_with(&[
+        ("WARREN__AMQP__URL", url.as_str()),
+        ("WARREN__AMQP__CONNECT_TIMEOUT", "500ms"),
+    ]);
+    let warren = Warren::start_with(config).await;
+    let response = reqwest::Client::new()
+        .post(warren.url("/v1/publish"))
+        .json(&json!({"routing_key": unique("nobody"), "body": "x", "allow_unroutable": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        reqwest::get(warren.url("/readyz")).await.unwrap().status(),
+        200
+    );
+    warren.stop().await;
+}

@@ -27,7 +27,8 @@ use crate::metrics::{outcome, Metrics};
 use super::exchanges::Exchanges;
 use super::{Confirmed, Publish};
 
-/// How many times a message caught in a channel failure is published in all.
+/// How many channel closes with no named culprit a message goes through
+/// before it fails.
 pub(super) const MAX_ATTEMPTS: u32 = 3;
 
 /// A queued publish and where its outcome goes.
@@ -43,6 +44,8 @@ pub(super) struct Command {
 struct InFlight {
     command: Command,
     attempts: u32,
+    /// Channel closes under it that named no culprit.
+    unexplained: u32,
     /// The channel generation it was last sent on.
     generation: u64,
 }
@@ -206,6 +209,7 @@ impl Task {
         let entry = InFlight {
             command,
             attempts: 0,
+            unexplained: 0,
             generation: 0,
         };
         match self.channel_within_budget(entry.command.started).await {
@@ -324,10 +328,16 @@ impl Task {
             .filter_map(|seq| self.in_flight.remove(&seq).map(|e| (seq, e)))
             .collect();
         let mut retry = Vec::with_capacity(pending.len());
-        for (seq, entry) in pending {
-            let caused_it = culprit.as_deref() == Some(entry.command.publish.exchange.as_str());
-            if caused_it || (soft && entry.attempts >= MAX_ATTEMPTS) {
-                let e = amqp::classify(&error);
+        for (seq, mut entry) in pending {
+            let exchange = entry.command.publish.exchange.as_str();
+            let caused_it = culprit.as_deref() == Some(exchange);
+            // A close that names another message's exchange says nothing
+            // against this one; only unexplained closes count towards giving up.
+            if soft && culprit.is_none() {
+                entry.unexplained += 1;
+            }
+            if caused_it || entry.unexplained >= MAX_ATTEMPTS {
+                let e = amqp::publish_error(&error, exchange);
                 if matches!(e, Error::NotFound(_)) {
                     self.ctx.exchanges.forget(&entry.command.publish.exchange);
                 }

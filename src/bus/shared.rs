@@ -133,7 +133,7 @@ impl Shared {
     ) -> Result<Confirmed, Error> {
         let ctx = &self.ctx;
         let mut backoff = retry_backoff();
-        let mut closed_under_it = 0;
+        let mut unexplained = 0;
         let options = BasicPublishOptions {
             mandatory: publish.mandatory,
             immediate: false,
@@ -178,12 +178,15 @@ impl Shared {
             slot.invalidate(generation, ctx).await;
             if amqp::is_channel_error(&error) {
                 // Closed by what was sent on it: this message, or another one.
-                closed_under_it += 1;
+                // Only closes that name no culprit count towards giving up.
                 let culprit = amqp::exchange_in(&error.to_string());
+                if culprit.is_none() {
+                    unexplained += 1;
+                }
                 if culprit.as_deref() == Some(publish.exchange.as_str())
-                    || closed_under_it >= MAX_ATTEMPTS
+                    || unexplained >= MAX_ATTEMPTS
                 {
-                    let e = amqp::classify(&error);
+                    let e = amqp::publish_error(&error, &publish.exchange);
                     if matches!(e, Error::NotFound(_)) {
                         ctx.exchanges.forget(&publish.exchange);
                     }
