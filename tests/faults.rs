@@ -361,12 +361,19 @@ async fn the_breaker_opens_fails_fast_and_closes() {
         }
     }
     assert!(opened, "the breaker opened");
+    // Open: refused by the breaker itself, without the retries (whose budget
+    // alone is 300 ms here); the bound is loose for a busy machine.
     let started = Instant::now();
     let response = publish().await.unwrap();
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_millis(200),
+        body["detail"].as_str().unwrap().contains("circuit breaker"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
         "fails fast: {:?}",
         started.elapsed()
     );

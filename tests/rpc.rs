@@ -292,9 +292,11 @@ async fn timeouts_and_late_replies() {
     let mut client = warren.grpc().await;
     let started = Instant::now();
     let status = client.call(call(&queue, "late", 200)).await.unwrap_err();
+    // DEADLINE_EXCEEDED itself shows it did not wait for the reply (which
+    // would have succeeded); the bound only catches a hang.
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
-        started.elapsed() < Duration::from_millis(550),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
