@@ -253,3 +253,54 @@ async fn subscribe_errors_are_problems() {
     assert_eq!(status, 400);
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn sse_header_matching() {
+    let warren = Warren::start().await;
+    let broker = Broker::connect().await;
+    let exchange = unique("sse-headers");
+    broker
+        .exchange(&exchange, lapin::ExchangeKind::Headers)
+        .await;
+    let mut eu = Sse::open(&warren.url(&format!(
+        "/v1/subscribe/_?exchange={exchange}&header_match=region:eu,tier:gold&match_all=true"
+    )))
+    .await;
+    for (region, tier, text) in [
+        ("eu", "gold", "yes"),
+        ("eu", "silver", "no"),
+        ("us", "gold", "no"),
+    ] {
+        let mut h = lapin::types::FieldTable::default();
+        h.insert(
+            "region".into(),
+            lapin::types::AMQPValue::LongString(region.into()),
+        );
+        h.insert(
+            "tier".into(),
+            lapin::types::AMQPValue::LongString(tier.into()),
+        );
+        broker
+            .channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                text.as_bytes(),
+                BasicProperties::default().with_headers(h),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let (_, d) = eu.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(d["message"]["body"], "yes");
+    let bad = reqwest::get(warren.url(&format!(
+        "/v1/subscribe/_?exchange={exchange}&header_match=nocolon"
+    )))
+    .await
+    .unwrap();
+    assert_eq!(problem(bad).await.0, 400);
+    warren.stop().await;
+}

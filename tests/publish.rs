@@ -705,3 +705,42 @@ async fn idle_named_publishers_close_their_channels() {
     client.publish(r).await.unwrap();
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_stream_request_ends_the_stream_with_its_status() {
+    let config = common::config_with(&[("WARREN__PUBLISH__MAX_BODY_BYTES", "1024")]);
+    let warren = Warren::start_with(config).await;
+    let broker = Broker::connect().await;
+    let queue = unique("stream-huge");
+    broker.queue(&queue).await;
+    let mut client = warren.grpc().await;
+    let mut requests = vec![request("", &queue, b"a"), request("", &queue, b"b")];
+    for (i, r) in requests.iter_mut().enumerate() {
+        r.request_id = i.to_string();
+    }
+    requests.push(request("", &queue, &vec![1u8; 3 * 1024 * 1024]));
+    let mut responses = client
+        .publish_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut confirmed = 0;
+    let end = loop {
+        match responses.message().await {
+            Ok(Some(r)) => {
+                assert_eq!(r.code, 0, "{r:?}");
+                confirmed += 1;
+            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    assert_eq!(confirmed, 2, "the messages before it are answered");
+    let status = end.expect("the stream ends with an error");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        broker.take(&queue, 5, Duration::from_secs(2)).await.len(),
+        2
+    );
+    warren.stop().await;
+}

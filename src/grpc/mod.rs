@@ -87,6 +87,15 @@ pub async fn serve(
         .await
 }
 
+/// A stream's request over tonic's decoding limit as RESOURCE_EXHAUSTED.
+pub fn size_status(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        tonic::Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
+    }
+}
+
 /// tonic refuses a request over its decoding limit with OUT_OF_RANGE; the
 /// contract says RESOURCE_EXHAUSTED for anything over a size limit.
 fn too_large_is_resource_exhausted<B>(

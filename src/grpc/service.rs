@@ -122,6 +122,7 @@ impl proto::bus_server::Bus for Service {
         tokio::spawn(async move {
             let mut pending = FuturesUnordered::new();
             let mut reading = true;
+            let mut failure = None;
             while reading || !pending.is_empty() {
                 let outcome = tokio::select! {
                     biased;
@@ -147,8 +148,16 @@ impl proto::bus_server::Bus for Service {
                                 Err(e) => response(request_id, Err(e)),
                             }
                         }
-                        // The client finished sending, or went away.
-                        Ok(None) | Err(_) => { reading = false; continue }
+                        // The client finished sending.
+                        Ok(None) => { reading = false; continue }
+                        // A request that could not be read (over the size
+                        // limit, malformed) ends the stream with its status,
+                        // once the messages before it are answered.
+                        Err(status) => {
+                            reading = false;
+                            failure = Some(super::size_status(status));
+                            continue;
+                        }
                     },
                 };
                 if tx.send(Ok(outcome)).await.is_err() {
@@ -156,6 +165,9 @@ impl proto::bus_server::Bus for Service {
                     // the publisher, their outcome has nowhere to go.
                     break;
                 }
+            }
+            if let Some(status) = failure {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -27,6 +27,10 @@ pub struct Params {
     exchange: String,
     /// Comma-separated binding keys.
     binding_keys: String,
+    /// Headers-exchange matching: comma-separated `name:value` pairs.
+    header_match: String,
+    /// With header_match: all must match (`x-match=all`), else any.
+    match_all: bool,
     consumer_priority: i32,
 }
 
@@ -81,6 +85,18 @@ pub async fn subscribe(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let Query(params) = params.map_err(|e| Error::InvalidArgument(e.body_text()))?;
     let temporary = queue == "_" && !params.exchange.is_empty();
+    let header_match = |pairs: &str| -> Result<BTreeMap<String, String>, Error> {
+        pairs
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|pair| match pair.split_once(':') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(Error::InvalidArgument(format!(
+                    "header_match takes name:value pairs, not {pair:?}"
+                ))),
+            })
+            .collect()
+    };
     let request = SubscribeRequest {
         queue: if temporary { String::new() } else { queue },
         prefetch: params.prefetch,
@@ -92,8 +108,8 @@ pub async fn subscribe(
             .filter(|k| !k.is_empty())
             .map(str::to_owned)
             .collect(),
-        header_match: BTreeMap::new(),
-        match_all: false,
+        header_match: header_match(&params.header_match)?,
+        match_all: params.match_all,
         consumer_priority: params.consumer_priority,
     };
     let subscription = state.bus.subscribe(request).await?;
