@@ -147,6 +147,16 @@ async fn sse_delivers_acks_and_nacks() {
     )
     .await;
     assert_eq!(status, 400);
+    // requeue belongs to nack: an ack that asks for it is refused.
+    let (status, body) = problem(
+        http.post(warren.url("/v1/ack"))
+            .json(&json!({"delivery_ids": [again["delivery_id"]], "requeue": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     warren.stop().await;
 }
 
@@ -266,10 +276,11 @@ async fn sse_header_matching() {
         "/v1/subscribe/_?exchange={exchange}&header_match=region:eu,tier:gold&match_all=true"
     )))
     .await;
+    // The non-matching ones first: the first event must be the match.
     for (region, tier, text) in [
-        ("eu", "gold", "yes"),
         ("eu", "silver", "no"),
         ("us", "gold", "no"),
+        ("eu", "gold", "yes"),
     ] {
         let mut h = lapin::types::FieldTable::default();
         h.insert(

@@ -10,6 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Consumer};
 
 use super::delivery::SubscribeRequest;
+use super::exchanges::Exchanges;
 use crate::amqp::{self, Pool};
 use crate::error::Error;
 
@@ -24,6 +25,8 @@ pub struct Opened {
 /// Everything needed to (re)open one subscription's consumer.
 pub struct Opener {
     pub pool: Arc<Pool>,
+    /// Which exchanges exist (shared with publishing, and its cache).
+    pub exchanges: Arc<Exchanges>,
     pub request: SubscribeRequest,
     pub prefetch: u16,
     pub timeout: Duration,
@@ -40,24 +43,6 @@ impl Opener {
         self.probe(async |channel| {
             let declare = channel.queue_declare(queue.into(), passive, FieldTable::default());
             self.op("queue.declare", declare).await.map(|_| ())
-        })
-        .await
-    }
-
-    /// Whether `exchange` exists.
-    async fn exchange_exists(&self, exchange: &str) -> Result<bool, Error> {
-        if exchange.is_empty() || exchange.starts_with("amq.") {
-            return Ok(true); // predeclared (a missing amq.* fails at the bind)
-        }
-        let passive = lapin::options::ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        self.probe(async |channel| {
-            let kind = lapin::ExchangeKind::Direct;
-            let declare =
-                channel.exchange_declare(exchange.into(), kind, passive, FieldTable::default());
-            self.op("exchange.declare", declare).await
         })
         .await
     }
@@ -121,12 +106,7 @@ impl Opener {
         };
         let mut args = FieldTable::default();
         // Check the exchange first: a refused subscription leaves no queue behind.
-        if !self.exchange_exists(&r.exchange).await? {
-            return Err(Error::NotFound(format!(
-                "exchange {:?} does not exist",
-                r.exchange
-            )));
-        }
+        self.exchanges.check(&r.exchange).await?;
         let exists = !temporary && self.exists(&r.queue).await?;
         if !temporary && !exists {
             // A durable queue Warren creates gets its dead-letter queue.

@@ -114,6 +114,7 @@ impl Bus {
             config.subscribe.clone(),
             config.amqp.operation_timeout,
             retrier,
+            exchanges.clone(),
             shutdown.clone(),
         );
         let rpc = Rpc::new(

@@ -50,7 +50,7 @@ struct InFlight {
     generation: u64,
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Acked,
     /// Returned by the broker: no queue was bound for it.
     Returned,
@@ -272,19 +272,7 @@ impl Task {
         let Some(entry) = self.in_flight.remove(&seq) else {
             return;
         };
-        let publish = &entry.command.publish;
         let result = match outcome {
-            Outcome::Acked => Ok(Confirmed {
-                message_id: publish.message.message_id.clone(),
-            }),
-            Outcome::Returned => Err(Error::Unroutable {
-                exchange: publish.exchange.clone(),
-                routing_key: publish.routing_key.clone(),
-            }),
-            Outcome::Nacked => Err(Error::Nacked),
-            Outcome::NotConfirmMode => {
-                Err(Error::Internal("channel is not in confirm mode".into()))
-            }
             Outcome::TimedOut => {
                 // The channel's state is unknown: start afresh for later messages.
                 if generation == self.generation {
@@ -295,7 +283,7 @@ impl Task {
                     self.ctx.confirm_timeout
                 )))
             }
-            Outcome::Failed(_) => unreachable!("handled above"),
+            answered => verdict(answered, &entry.command.publish),
         };
         self.finish(entry.command, result);
     }
@@ -312,11 +300,7 @@ impl Task {
         if generation == self.generation {
             self.drop_channel().await;
         }
-        let soft = amqp::is_channel_error(&error);
-        let culprit = soft
-            .then(|| amqp::exchange_in(&error.to_string()))
-            .flatten();
-        warn!(%error, culprit = ?culprit, in_flight = self.in_flight.len(), "publisher channel failed; republishing what it held");
+        warn!(%error, in_flight = self.in_flight.len(), "publisher channel failed; republishing what it held");
         let caught: Vec<u64> = self
             .in_flight
             .iter()
@@ -329,18 +313,8 @@ impl Task {
             .collect();
         let mut retry = Vec::with_capacity(pending.len());
         for (seq, mut entry) in pending {
-            let exchange = entry.command.publish.exchange.as_str();
-            let caused_it = culprit.as_deref() == Some(exchange);
-            // A close that names another message's exchange says nothing
-            // against this one; only unexplained closes count towards giving up.
-            if soft && culprit.is_none() {
-                entry.unexplained += 1;
-            }
-            if caused_it || entry.unexplained >= MAX_ATTEMPTS {
-                let e = amqp::publish_error(&error, exchange);
-                if matches!(e, Error::NotFound(_)) {
-                    self.ctx.exchanges.forget(&entry.command.publish.exchange);
-                }
+            let exchange = &entry.command.publish.exchange;
+            if let Some(e) = self.ctx.caught(&error, exchange, &mut entry.unexplained) {
                 self.finish(entry.command, Err(e));
             } else if entry.command.reply.is_closed() {
                 // The caller gave up (deadline, disconnect) and was told so.
@@ -396,6 +370,33 @@ impl Task {
 }
 
 impl Context {
+    /// What a channel closed by the broker (a soft error) means for a message
+    /// that was on it: `Some(error)` when it fails now, `None` to publish it
+    /// again. A close naming another message's exchange says nothing against
+    /// this one; only closes that name no culprit count towards giving up.
+    pub(super) fn caught(
+        &self,
+        error: &lapin::Error,
+        exchange: &str,
+        unexplained: &mut u32,
+    ) -> Option<Error> {
+        if !amqp::is_channel_error(error) {
+            return None;
+        }
+        let culprit = amqp::exchange_in(&error.to_string());
+        if culprit.is_none() {
+            *unexplained += 1;
+        }
+        if culprit.as_deref() != Some(exchange) && *unexplained < MAX_ATTEMPTS {
+            return None;
+        }
+        let e = amqp::publish_error(error, exchange);
+        if matches!(e, Error::NotFound(_)) {
+            self.exchanges.forget(exchange);
+        }
+        Some(e)
+    }
+
     /// Counts a finished publish in the metrics and the breaker.
     pub(super) fn record(&self, started: Instant, result: &Result<Confirmed, Error>) {
         self.breaker.record(result);
@@ -411,9 +412,9 @@ impl Context {
     }
 }
 
-/// The verdict of a confirm on `publish`.
-pub(super) fn verdict(confirmation: Confirmation, publish: &Publish) -> Result<Confirmed, Error> {
-    match Outcome::from(confirmation) {
+/// The verdict of the broker's answer on `publish`.
+pub(super) fn verdict(outcome: Outcome, publish: &Publish) -> Result<Confirmed, Error> {
+    match outcome {
         Outcome::Acked => Ok(Confirmed {
             message_id: publish.message.message_id.clone(),
         }),
@@ -422,7 +423,11 @@ pub(super) fn verdict(confirmation: Confirmation, publish: &Publish) -> Result<C
             routing_key: publish.routing_key.clone(),
         }),
         Outcome::Nacked => Err(Error::Nacked),
-        _ => Err(Error::Internal("channel is not in confirm mode".into())),
+        Outcome::NotConfirmMode => Err(Error::Internal("channel is not in confirm mode".into())),
+        Outcome::Failed(e) => Err(amqp::publish_error(&e, &publish.exchange)),
+        Outcome::TimedOut => Err(Error::unavailable(
+            "the broker did not confirm the message in time",
+        )),
     }
 }
 

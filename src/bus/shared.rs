@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::publisher::{retry_backoff, verdict, Context, MAX_ATTEMPTS};
+use super::publisher::{retry_backoff, verdict, Context};
 use super::{Confirmed, Publish};
 use crate::amqp::{self, codec};
 use crate::error::Error;
@@ -165,7 +165,7 @@ impl Shared {
                     .await
             };
             let error = match tokio::time::timeout(ctx.confirm_timeout, sent).await {
-                Ok(Ok(confirmation)) => return verdict(confirmation, publish),
+                Ok(Ok(confirmation)) => return verdict(confirmation.into(), publish),
                 Ok(Err(error)) => error,
                 Err(_) => {
                     slot.invalidate(generation, ctx).await;
@@ -178,18 +178,7 @@ impl Shared {
             slot.invalidate(generation, ctx).await;
             if amqp::is_channel_error(&error) {
                 // Closed by what was sent on it: this message, or another one.
-                // Only closes that name no culprit count towards giving up.
-                let culprit = amqp::exchange_in(&error.to_string());
-                if culprit.is_none() {
-                    unexplained += 1;
-                }
-                if culprit.as_deref() == Some(publish.exchange.as_str())
-                    || unexplained >= MAX_ATTEMPTS
-                {
-                    let e = amqp::publish_error(&error, &publish.exchange);
-                    if matches!(e, Error::NotFound(_)) {
-                        ctx.exchanges.forget(&publish.exchange);
-                    }
+                if let Some(e) = ctx.caught(&error, &publish.exchange, &mut unexplained) {
                     return Err(e);
                 }
             } else if !within_budget {

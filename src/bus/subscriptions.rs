@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::consume::{Opened, Opener};
 use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
+use super::exchanges::Exchanges;
 use super::retry::Retrier;
 use super::subscriber::{Action, Context, Settle, Subscriber};
 use crate::amqp::Pool;
@@ -54,6 +55,7 @@ pub struct Subscriptions {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     retrier: Arc<Retrier>,
+    exchanges: Arc<Exchanges>,
 }
 
 impl Subscriptions {
@@ -63,6 +65,7 @@ impl Subscriptions {
         config: config::Subscribe,
         operation_timeout: Duration,
         retrier: Arc<Retrier>,
+        exchanges: Arc<Exchanges>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -78,6 +81,7 @@ impl Subscriptions {
             tracker: TaskTracker::new(),
             shutdown,
             retrier,
+            exchanges,
         }
     }
 
@@ -122,6 +126,7 @@ impl Subscriptions {
         })?;
         let opener = Opener {
             pool: self.pool.clone(),
+            exchanges: self.exchanges.clone(),
             request: r.clone(),
             prefetch,
             timeout: self.operation_timeout,
