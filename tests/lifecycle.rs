@@ -409,7 +409,8 @@ async fn broker_uris_fail_over_in_order() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap());
     assert_eq!(
         reqwest::get(warren.url("/readyz")).await.unwrap().status(),
         200

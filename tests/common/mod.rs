@@ -74,6 +74,16 @@ impl Warren {
             .await
             .expect("broker reachable within 30s")
             .expect("topology declared");
+        // Topology needs only the publishing connections; readiness needs
+        // the consuming ones too, which may still be connecting.
+        let ready = async {
+            while !server.bus().is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .expect("warren ready within 30s");
         let http = format!("http://{}", server.http_addr);
         let grpc_addr = format!("http://{}", server.grpc_addr);
         Self {
