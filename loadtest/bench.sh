@@ -28,3 +28,16 @@ DURATION=${DURATION:-30}
   --warren-log loadtest/results/warren-quorum.log \
   --json loadtest/results/quorum.json --plot loadtest/results/quorum.svg \
   | tee loadtest/results/quorum.md
+
+# The transport floor: warren-floor answers every publish at once, without a
+# broker, on Warren's gRPC and HTTP interface. Its rows show what the gRPC or
+# HTTP hop alone costs on this machine (see "The transport floor" in
+# BENCHMARKS.md).
+./target/release/warren-loadtest \
+  --scenario publish-stream --scenario publish-unary --scenario publish-http --scenario latency-1 \
+  --target warren --queue-type classic --size 64,4096 \
+  --messages "$MESSAGES" --duration "$DURATION" \
+  --warren-bin target/release/warren-floor \
+  --warren-log loadtest/results/floor.log \
+  --json loadtest/results/floor.json \
+  | tee loadtest/results/floor.md

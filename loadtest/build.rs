@@ -8,7 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../proto");
     let fds = protox::compile(["warren/v1/bus.proto"], ["../proto"])?;
     tonic_prost_build::configure()
-        .build_server(false)
+        // The server side is for `warren-floor`, the transport-only peer.
+        .build_server(true)
+        .generate_default_stubs(true)
         .bytes(".warren.v1.Message.body")
         .compile_fds(fds)?;
     Ok(())
