@@ -172,12 +172,7 @@ async fn a_broker_restart_under_load_loses_no_confirmed_message() {
         !ready(&warren).await
     })
     .await;
-    let metrics = reqwest::get(warren.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = warren.metrics().await;
     assert!(
         metrics.contains("warren_broker_up 0"),
         "broker_up says the truth"
@@ -270,15 +265,7 @@ async fn subscriptions_go_on_after_the_connection_drops() {
     let queue = unique("resume");
     durable_queue(&queue).await;
     let mut client = warren.grpc().await;
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            queue: queue.clone(),
-            prefetch: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = common::subscribe(&mut client, &queue).await;
     client
         .publish(request(&queue, "before".into()))
         .await
@@ -377,14 +364,7 @@ async fn the_breaker_opens_fails_fast_and_closes() {
         "fails fast: {:?}",
         started.elapsed()
     );
-    let metrics = http
-        .get(warren.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = warren.metrics().await;
     assert!(
         metrics.contains("warren_circuit_breaker_state 2"),
         "{metrics}"
@@ -408,14 +388,7 @@ async fn the_breaker_opens_fails_fast_and_closes() {
         async || publish().await.map(|r| r.status() == 200).unwrap_or(false),
     )
     .await;
-    let metrics = http
-        .get(warren.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = warren.metrics().await;
     assert!(
         metrics.contains("warren_circuit_breaker_state 0"),
         "{metrics}"

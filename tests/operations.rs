@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{unique, Broker, Warren};
+use common::{metric, unique, Broker, Warren};
 use prost_types::value::Kind;
 use serde_json::json;
 use tonic::Code;
@@ -94,17 +94,6 @@ async fn grpc_health_and_reflection() {
     warren.stop().await;
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_deliveries_acks_nacks_and_calls_exactly() {
     let warren = Warren::start().await;
@@ -112,12 +101,7 @@ async fn metrics_count_deliveries_acks_nacks_and_calls_exactly() {
     let queue = unique("metrics-sub");
     broker.queue(&queue).await;
     let mut client = warren.grpc().await;
-    let before = reqwest::get(warren.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = warren.metrics().await;
     for i in 0..6 {
         let body = format!("{i}").into_bytes().into();
         client
@@ -132,15 +116,7 @@ async fn metrics_count_deliveries_acks_nacks_and_calls_exactly() {
             .await
             .unwrap();
     }
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            queue: queue.clone(),
-            prefetch: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = common::subscribe(&mut client, &queue).await;
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(stream.message().await.unwrap().unwrap().delivery_id);
@@ -174,12 +150,7 @@ async fn metrics_count_deliveries_acks_nacks_and_calls_exactly() {
         ..Default::default()
     };
     let _ = client.call(call).await;
-    let after = reqwest::get(warren.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = warren.metrics().await;
     let delta = |name: &str| metric(&after, name) - metric(&before, name);
     assert_eq!(delta("warren_publish_total{outcome=\"confirmed\"}"), 6.0);
     assert_eq!(delta("warren_deliveries_total"), 6.0);

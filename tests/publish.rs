@@ -594,12 +594,7 @@ async fn metrics_count_publishes_exactly() {
     let _ = client.publish(request("", &unique("nowhere"), b"x")).await;
     let _ = client.publish(request(&unique("gone"), "", b"x")).await;
     let _ = client.publish(request("", &"x".repeat(300), b"x")).await;
-    let text = reqwest::get(warren.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = warren.metrics().await;
     for (line, n) in [
         ("warren_publish_total{outcome=\"confirmed\"}", 7),
         ("warren_publish_total{outcome=\"unroutable\"}", 1),
@@ -607,14 +602,7 @@ async fn metrics_count_publishes_exactly() {
         ("warren_publish_total{outcome=\"invalid\"}", 1),
         ("warren_publish_duration_seconds_count", 7),
     ] {
-        let value = text
-            .lines()
-            .find(|l| l.starts_with(line))
-            .unwrap_or_else(|| panic!("{line} in {text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap();
-        assert_eq!(value, n.to_string(), "{line}");
+        assert_eq!(common::metric(&text, line), n as f64, "{line}");
     }
     warren.stop().await;
 }
@@ -662,20 +650,7 @@ async fn idle_named_publishers_close_their_channels() {
     let queue = unique("idle");
     broker.queue(&queue).await;
     let mut client = warren.grpc().await;
-    let channels = || async {
-        let text = reqwest::get(warren.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("warren_amqp_channels "))
-            .unwrap()
-            .to_owned();
-        line.rsplit(' ').next().unwrap().parse::<i64>().unwrap()
-    };
+    let channels = || async { common::metric(&warren.metrics().await, "warren_amqp_channels") };
     client.publish(request("", &queue, b"warm")).await.unwrap();
     let before = channels().await;
     for name in ["a", "b", "c"] {
@@ -686,7 +661,7 @@ async fn idle_named_publishers_close_their_channels() {
     }
     assert_eq!(
         channels().await,
-        before + 3,
+        before + 3.0,
         "one channel per named publisher"
     );
     let mut closed = false;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{unique, Broker, Warren};
+use common::{subscribe, unique, Broker, Warren};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{json, Value};
@@ -47,18 +47,6 @@ async fn publish(client: &mut BusClient<Channel>, queue: &str, body: &str) -> St
         .unwrap()
         .into_inner()
         .message_id
-}
-
-async fn subscribe(client: &mut BusClient<Channel>, queue: &str) -> Streaming<Delivery> {
-    client
-        .subscribe(SubscribeRequest {
-            queue: queue.into(),
-            prefetch: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 async fn next(stream: &mut Streaming<Delivery>, wait: Duration) -> Delivery {

@@ -146,15 +146,7 @@ async fn plain_amqp_caller_with_a_warren_responder() {
     let queue = unique("rpc-server");
     broker.queue(&queue).await;
     let mut client = warren.grpc().await;
-    let mut requests = client
-        .subscribe(SubscribeRequest {
-            queue: queue.clone(),
-            prefetch: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut requests = common::subscribe(&mut client, &queue).await;
     // The plain caller has its own exclusive reply queue.
     let reply_queue = broker
         .channel
@@ -309,12 +301,7 @@ async fn timeouts_and_late_replies() {
         .message
         .unwrap();
     assert_eq!(&reply.body[..], b"MINE");
-    let metrics = reqwest::get(warren.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = warren.metrics().await;
     assert!(
         metrics.contains("warren_rpc_late_replies_total 1"),
         "{metrics}"

@@ -9,8 +9,10 @@ use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tonic::transport::Channel as GrpcChannel;
+use tonic::Streaming;
 use warren::config::Config;
 use warren::proto::bus_client::BusClient;
+use warren::proto::{Delivery, SubscribeRequest};
 use warren::server::Server;
 
 /// The broker the tests use (the local one unless `WARREN_TEST_AMQP_URL`).
@@ -102,6 +104,16 @@ impl Warren {
         BusClient::connect(self.grpc_addr.clone())
             .await
             .expect("grpc connects")
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -222,6 +234,32 @@ impl Broker {
             .expect("get");
         got.is_none()
     }
+}
+
+/// A stream of deliveries from `queue`, prefetch 10.
+pub async fn subscribe(client: &mut BusClient<GrpcChannel>, queue: &str) -> Streaming<Delivery> {
+    client
+        .subscribe(SubscribeRequest {
+            queue: queue.into(),
+            prefetch: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner()
+}
+
+/// The value of the sample `name` (with its labels, if any) in a Prometheus
+/// text exposition.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A problem+json response: status, content type, parsed body.
