@@ -1,11 +1,15 @@
 //! The bus's failures, typed once and mapped once.
 //!
-//! Every operation of the bus core returns [`Error`]. Each variant knows its
-//! gRPC code ([`Error::code`]), its HTTP status ([`Error::http_status`]) and
-//! whether trying again may succeed ([`Error::is_retryable`]); the transports
-//! use these and nothing else. Messages are safe to show to clients: they never
-//! carry broker credentials.
+//! Every operation of the bus core returns [`Error`]. Each variant is a kind
+//! of failure; [`Error::origin`] says who caused it (the client, the broker
+//! or Warren), [`Error::is_retryable`] whether the same request may succeed
+//! later, and a broker fault keeps the lapin error as its `source`. The
+//! transports map kinds to codes in one place each ([`Error::code`],
+//! [`Error::http_status`]), the breaker and the metrics derive from the same
+//! exhaustive matches: a new variant does not compile until it is mapped.
+//! Messages are safe to show to clients: they never carry broker credentials.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A failure of a bus operation.
@@ -28,12 +32,14 @@ pub enum Error {
     /// The operation does not apply in this state (e.g. reply without reply_to).
     #[error("{0}")]
     FailedPrecondition(String),
-    /// A message is larger than allowed.
-    #[error("message body of {size} bytes exceeds the limit of {limit} bytes")]
+    /// A request is larger than allowed.
+    #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
+        /// What is too large ("message body", "headers", ...).
+        what: &'static str,
         /// Its size in bytes (as far as known).
         size: usize,
-        /// The configured limit.
+        /// The limit.
         limit: usize,
     },
     /// A count limit was reached (channels, pending calls, ...).
@@ -52,6 +58,9 @@ pub enum Error {
         reason: String,
         /// When a client may try again, when known.
         retry_after: Option<Duration>,
+        /// The AMQP client's error, when there was one.
+        #[source]
+        cause: Option<Arc<lapin::Error>>,
     },
     /// The caller's deadline or timeout passed.
     #[error("{0}")]
@@ -59,12 +68,20 @@ pub enum Error {
     /// Warren is shutting down and takes no new work.
     #[error("warren is shutting down")]
     ShuttingDown,
-    /// An HTTP endpoint called with a method it does not take.
-    #[error("this endpoint does not take that method")]
-    MethodNotAllowed,
     /// A bug or an unexpected broker answer; details are in the log.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The request: fixing it (or waiting for a limit) is the client's part.
+    Client,
+    /// The broker: unreachable, slow, or refusing to store.
+    Broker,
+    /// Warren itself: shutting down, or a bug.
+    Warren,
 }
 
 /// The gRPC status codes Warren uses, by number (as in `PublishResponse.code`).
@@ -76,7 +93,6 @@ pub mod code {
     pub const PERMISSION_DENIED: u32 = 7;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const FAILED_PRECONDITION: u32 = 9;
-    pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
 }
@@ -87,6 +103,32 @@ impl Error {
         Error::Unavailable {
             reason: reason.into(),
             retry_after: None,
+            cause: None,
+        }
+    }
+
+    /// An unavailable broker because of an AMQP client error.
+    pub fn broker(reason: impl Into<String>, cause: lapin::Error) -> Self {
+        Error::Unavailable {
+            reason: reason.into(),
+            retry_after: None,
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// Who caused it.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Error::InvalidArgument(_)
+            | Error::NotFound(_)
+            | Error::Unroutable { .. }
+            | Error::FailedPrecondition(_)
+            | Error::TooLarge { .. }
+            | Error::LimitReached(_)
+            | Error::PermissionDenied(_)
+            | Error::DeadlineExceeded(_) => Origin::Client,
+            Error::Nacked | Error::Unavailable { .. } => Origin::Broker,
+            Error::ShuttingDown | Error::Internal(_) => Origin::Warren,
         }
     }
 
@@ -100,7 +142,6 @@ impl Error {
             Error::PermissionDenied(_) => code::PERMISSION_DENIED,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => code::UNAVAILABLE,
             Error::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
-            Error::MethodNotAllowed => code::UNIMPLEMENTED,
             Error::Internal(_) => code::INTERNAL,
         }
     }
@@ -115,7 +156,6 @@ impl Error {
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => 422,
             Error::LimitReached(_) => 429,
             Error::Internal(_) => 500,
-            Error::MethodNotAllowed => 405,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => 503,
             Error::DeadlineExceeded(_) => 504,
         }
@@ -135,17 +175,26 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline-exceeded",
             Error::ShuttingDown => "shutting-down",
-            Error::MethodNotAllowed => "method-not-allowed",
             Error::Internal(_) => "internal",
         }
     }
 
     /// Whether the same request may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Nacked | Error::Unavailable { .. } | Error::LimitReached(_)
-        )
+        match self {
+            Error::Nacked
+            | Error::Unavailable { .. }
+            | Error::LimitReached(_)
+            | Error::ShuttingDown => true,
+            Error::InvalidArgument(_)
+            | Error::NotFound(_)
+            | Error::Unroutable { .. }
+            | Error::FailedPrecondition(_)
+            | Error::TooLarge { .. }
+            | Error::PermissionDenied(_)
+            | Error::DeadlineExceeded(_)
+            | Error::Internal(_) => false,
+        }
     }
 
     /// How long a client should wait before trying again (HTTP `Retry-After`).
@@ -157,7 +206,14 @@ impl Error {
             Error::Nacked | Error::ShuttingDown | Error::LimitReached(_) => {
                 Some(Duration::from_secs(1))
             }
-            _ => None,
+            Error::InvalidArgument(_)
+            | Error::NotFound(_)
+            | Error::Unroutable { .. }
+            | Error::FailedPrecondition(_)
+            | Error::TooLarge { .. }
+            | Error::PermissionDenied(_)
+            | Error::DeadlineExceeded(_)
+            | Error::Internal(_) => None,
         }
     }
 }
@@ -166,37 +222,82 @@ impl Error {
 mod tests {
     use super::*;
 
+    /// One of each variant: the match is exhaustive, so a new variant does
+    /// not compile until it is listed here with its codes.
+    fn expected(error: &Error) -> (u32, u16, Origin, bool) {
+        match error {
+            Error::InvalidArgument(_) => (3, 400, Origin::Client, false),
+            Error::NotFound(_) => (5, 404, Origin::Client, false),
+            Error::Unroutable { .. } => (9, 422, Origin::Client, false),
+            Error::FailedPrecondition(_) => (9, 422, Origin::Client, false),
+            Error::TooLarge { .. } => (8, 413, Origin::Client, false),
+            Error::LimitReached(_) => (8, 429, Origin::Client, true),
+            Error::PermissionDenied(_) => (7, 403, Origin::Client, false),
+            Error::Nacked => (14, 503, Origin::Broker, true),
+            Error::Unavailable { .. } => (14, 503, Origin::Broker, true),
+            Error::DeadlineExceeded(_) => (4, 504, Origin::Client, false),
+            Error::ShuttingDown => (14, 503, Origin::Warren, true),
+            Error::Internal(_) => (13, 500, Origin::Warren, false),
+        }
+    }
+
+    fn every_variant() -> Vec<Error> {
+        vec![
+            Error::InvalidArgument("x".into()),
+            Error::NotFound("x".into()),
+            Error::Unroutable {
+                exchange: "e".into(),
+                routing_key: "k".into(),
+            },
+            Error::FailedPrecondition("x".into()),
+            Error::TooLarge {
+                what: "message body",
+                size: 2,
+                limit: 1,
+            },
+            Error::LimitReached("x".into()),
+            Error::PermissionDenied("x".into()),
+            Error::Nacked,
+            Error::unavailable("down"),
+            Error::DeadlineExceeded("x".into()),
+            Error::ShuttingDown,
+            Error::Internal("x".into()),
+        ]
+    }
+
     #[test]
-    fn every_code_has_its_contract_status() {
-        let cases = [
-            (Error::InvalidArgument("x".into()), 3, 400),
-            (Error::NotFound("x".into()), 5, 404),
-            (
-                Error::Unroutable {
-                    exchange: "e".into(),
-                    routing_key: "k".into(),
-                },
-                9,
-                422,
-            ),
-            (Error::TooLarge { size: 2, limit: 1 }, 8, 413),
-            (Error::LimitReached("x".into()), 8, 429),
-            (Error::unavailable("down"), 14, 503),
-            (Error::DeadlineExceeded("x".into()), 4, 504),
-            (Error::PermissionDenied("x".into()), 7, 403),
-        ];
-        for (error, grpc, http) in cases {
+    fn every_variant_has_its_contract_codes() {
+        let all = every_variant();
+        let kinds: std::collections::HashSet<_> = all.iter().map(Error::kind).collect();
+        assert_eq!(
+            kinds.len(),
+            all.len(),
+            "one of each variant, kinds distinct"
+        );
+        for error in all {
+            let (grpc, http, origin, retryable) = expected(&error);
             assert_eq!(error.code(), grpc, "{error:?}");
             assert_eq!(error.http_status(), http, "{error:?}");
+            assert_eq!(error.origin(), origin, "{error:?}");
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+            // Every retryable failure tells the client when to come back.
+            assert_eq!(
+                error.retry_after().is_some(),
+                retryable,
+                "{error:?} retry_after"
+            );
         }
     }
 
     #[test]
-    fn unavailable_is_retryable_with_retry_after() {
-        let e = Error::unavailable("down");
-        assert!(e.is_retryable());
-        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
-        assert!(!Error::NotFound("q".into()).is_retryable());
-        assert_eq!(Error::NotFound("q".into()).retry_after(), None);
+    fn a_broker_fault_keeps_its_cause() {
+        use std::error::Error as _;
+        let cause = lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Closed,
+        ));
+        let e = Error::broker("the connection closed", cause);
+        assert!(e.source().is_some(), "the lapin error is the source");
+        assert_eq!(e.origin(), Origin::Broker);
+        assert_eq!(e.to_string(), "broker unavailable: the connection closed");
     }
 }

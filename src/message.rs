@@ -56,12 +56,17 @@ pub fn check_short(what: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Header names with this prefix are Warren's bookkeeping (attempts, the
+/// original exchange of a retried message); clients may not set them.
+pub const RESERVED_PREFIX: &str = "x-warren-";
+
 impl Message {
     /// Checks every property against AMQP's limits, so that nothing invalid
     /// reaches (and closes) a channel.
     pub fn validate(&self, max_body: usize) -> Result<(), Error> {
         if self.body.len() > max_body {
             return Err(Error::TooLarge {
+                what: "message body",
                 size: self.body.len(),
                 limit: max_body,
             });
@@ -92,6 +97,11 @@ impl Message {
         }
         for key in self.headers.keys() {
             check_short("a header name", key)?;
+            if key.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
+                return Err(Error::InvalidArgument(format!(
+                    "header {key:?}: names starting with {RESERVED_PREFIX} are Warren's own"
+                )));
+            }
         }
         crate::amqp::codec::check_headers(&self.headers)
     }

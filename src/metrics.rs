@@ -62,10 +62,8 @@ pub struct Metrics {
     pub circuit_breaker_state: IntGauge,
     /// `warren_amqp_connections`.
     pub amqp_connections: IntGauge,
-    /// `warren_amqp_channels`.
-    pub amqp_channels: IntGauge,
-    /// `warren_broker_up`: 1 while connected.
-    pub broker_up: IntGauge,
+    /// Every channel Warren holds; `warren_amqp_channels` is read off it.
+    pub channels: crate::amqp::Ledger,
 }
 
 impl Default for Metrics {
@@ -146,12 +144,26 @@ impl Metrics {
                 "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ),
             amqp_connections: gauge("warren_amqp_connections", "Open AMQP connections."),
-            amqp_channels: gauge("warren_amqp_channels", "Open AMQP channels."),
-            broker_up: gauge(
-                "warren_broker_up",
-                "1 while connected to the broker, else 0.",
-            ),
+            channels: {
+                let ledger = crate::amqp::Ledger::default();
+                let counted = ledger.clone();
+                let gauge =
+                    Computed::new("warren_amqp_channels", "Open AMQP channels.", move || {
+                        counted.open() as i64
+                    });
+                registry.register(Box::new(gauge)).expect("unique metric");
+                ledger
+            },
             registry,
+        }
+    }
+
+    /// Registers a gauge whose value `read` computes at each scrape (state
+    /// that lives elsewhere: reading it never changes it).
+    pub fn computed(&self, name: &str, help: &str, read: impl Fn() -> i64 + Send + Sync + 'static) {
+        let gauge = Computed::new(name, help, read);
+        if let Err(e) = self.registry.register(Box::new(gauge)) {
+            tracing::warn!(metric = name, error = %e, "could not register a metric");
         }
     }
 
@@ -166,5 +178,31 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// A gauge computed when scraped.
+struct Computed {
+    gauge: IntGauge,
+    read: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl Computed {
+    fn new(name: &str, help: &str, read: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self {
+            gauge: IntGauge::new(name, help).expect("valid metric"),
+            read: Box::new(read),
+        }
+    }
+}
+
+impl prometheus::core::Collector for Computed {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge.set((self.read)());
+        self.gauge.collect()
     }
 }

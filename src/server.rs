@@ -108,22 +108,26 @@ impl Server {
         &self.bus
     }
 
-    /// Stops taking new work, finishes what is in flight (confirms), hands
-    /// deliveries back, closes channels and connections; all within
-    /// `shutdown.grace`.
+    /// Graceful stop, in order: new calls are answered UNAVAILABLE / 503
+    /// while the listeners still accept; every call in flight is answered
+    /// (publishes after their confirms) within `shutdown.grace`;
+    /// subscriptions end and hand their deliveries back; the listeners stop
+    /// (finishing open responses); channels and connections close.
     pub async fn shutdown(self) {
         let grace = self.bus.config().shutdown.grace;
+        let until = tokio::time::Instant::now() + grace;
         info!(grace = ?grace, "shutting down");
+        self.bus.drain(grace).await;
         self.shutdown.cancel();
-        let drain = async {
-            self.bus.shutdown().await;
+        let servers = async {
             for task in self.tasks {
                 let _ = task.await;
             }
         };
-        if tokio::time::timeout(grace, drain).await.is_err() {
+        if tokio::time::timeout_at(until, servers).await.is_err() {
             warn!("the shutdown grace period ran out; leaving the rest unfinished");
         }
+        self.bus.close().await;
         info!("warren stopped");
     }
 }

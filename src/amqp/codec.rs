@@ -129,6 +129,44 @@ fn short(value: &str) -> Option<ShortString> {
     }
 }
 
+/// The encoded size of a header value (its type tag and payload), as AMQP
+/// 0-9-1 field tables encode it.
+fn value_size(value: &Value) -> usize {
+    1 + match value {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 8,
+        Value::String(s) => 4 + s.len(),
+        Value::Array(items) => 4 + items.iter().map(value_size).sum::<usize>(),
+        Value::Object(map) => 4 + table_size(map) - 4,
+    }
+}
+
+/// The encoded size of a field table (its length prefix and entries).
+pub fn table_size(map: &Headers) -> usize {
+    4 + map
+        .iter()
+        .map(|(k, v)| 1 + k.len() + value_size(v))
+        .sum::<usize>()
+}
+
+/// The encoded size of a message's properties in a content-header frame.
+pub fn properties_size(message: &Message) -> usize {
+    let shorts = [
+        &message.content_type,
+        &message.content_encoding,
+        &message.correlation_id,
+        &message.reply_to,
+        &message.message_id,
+        &message.kind,
+        &message.user_id,
+        &message.app_id,
+    ];
+    let strings: usize = shorts.iter().map(|s| 1 + s.len()).sum();
+    // Flags, delivery mode, priority, timestamp, expiration as digits.
+    2 + 1 + 1 + 8 + 21 + strings + table_size(&message.headers)
+}
+
 /// The AMQP properties of a message. `message.validate()` has passed.
 pub fn properties(message: &Message) -> BasicProperties {
     let mut p =

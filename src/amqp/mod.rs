@@ -1,13 +1,26 @@
 //! The AMQP side: connections, channels, topology and the message codec.
 //!
+//! - [`pool`]: supervised connections per role, channels opened on them.
+//! - [`channel`]: Warren's channel handle, counted in one ledger, and the
+//!   one timeout wrapper for broker operations ([`op`]).
+//! - [`slot`]: a kept channel reopened on demand, one opener at a time.
+//! - [`args`]: dead-letter and delay-queue arguments.
+//! - [`topology`]: declaring the configured exchanges, queues and bindings.
+//! - [`codec`]: Warren's messages to AMQP properties and back.
+//!
 //! Everything that speaks AMQP lives here or in [`crate::bus`]; transports
 //! never touch lapin.
 
+pub mod args;
+pub mod channel;
 pub mod codec;
-mod pool;
+pub mod pool;
+pub mod slot;
 pub mod topology;
 
+pub use channel::{op, Channel, Ledger};
 pub use pool::{reconnect_backoff, Pool, Role};
+pub use slot::{Live, Slot};
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::ErrorKind;
@@ -29,7 +42,7 @@ pub fn mask(uri: &str) -> String {
 
 /// The bus error for a lapin error: soft (channel) errors keep their AMQP
 /// meaning, everything else means the broker is not usable right now.
-pub fn classify(error: &lapin::Error) -> Error {
+pub fn classify(error: lapin::Error) -> Error {
     match error.kind() {
         ErrorKind::ProtocolError(e) => {
             let text = e.get_message().as_str().to_owned();
@@ -47,7 +60,7 @@ pub fn classify(error: &lapin::Error) -> Error {
         ErrorKind::ChannelsLimitReached => {
             Error::LimitReached("the broker's channel limit on this connection is reached".into())
         }
-        _ => Error::unavailable(error.to_string()),
+        _ => Error::broker(error.to_string(), error),
     }
 }
 
@@ -67,8 +80,8 @@ pub fn exchange_in(reason: &str) -> Option<String> {
 
 /// The bus error for a failed publish of a message to `exchange`: a channel
 /// closed because of another message's exchange is UNAVAILABLE for this one.
-pub fn publish_error(error: &lapin::Error, exchange: &str) -> Error {
-    if is_channel_error(error) {
+pub fn publish_error(error: lapin::Error, exchange: &str) -> Error {
+    if is_channel_error(&error) {
         if let Some(culprit) = exchange_in(&error.to_string()) {
             if culprit != exchange {
                 return Error::unavailable("the channel was closed by another message");

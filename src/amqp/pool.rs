@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use futures::StreamExt;
-use lapin::{Channel, Connection, ConnectionProperties, Event};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Connection, ConnectionProperties, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::{Channel, Ledger};
 use crate::config;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -48,7 +50,8 @@ pub struct Pool {
     next: AtomicUsize,
     operation_timeout: Duration,
     close: CancellationToken,
-    metrics: Metrics,
+    ledger: Ledger,
+    frame_max: usize,
     epoch: Arc<watch::Sender<u64>>,
 }
 
@@ -81,7 +84,8 @@ impl Pool {
             next: AtomicUsize::new(0),
             operation_timeout: amqp.operation_timeout,
             close,
-            metrics,
+            ledger: metrics.channels.clone(),
+            frame_max: amqp.frame_max as usize,
             epoch,
         })
     }
@@ -134,24 +138,53 @@ impl Pool {
         }
     }
 
+    /// Whether no connection of the pool is up: the broker is away (or
+    /// Warren has not reached it yet). New work fails fast while it is.
+    pub fn is_down(&self) -> bool {
+        !self.slots.iter().any(|slot| {
+            slot.borrow()
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+        })
+    }
+
     /// Opens a channel on the next live connection.
     pub async fn open_channel(&self) -> Result<Channel, Error> {
         let connection = self.connection().await?;
-        let channel = tokio::time::timeout(self.operation_timeout, connection.create_channel())
-            .await
-            .map_err(|_| Error::unavailable("the broker did not open a channel in time"))?
-            .map_err(|e| crate::amqp::classify(&e))?;
-        self.metrics.amqp_channels.inc();
+        let raw = super::op(
+            "channel.open",
+            self.operation_timeout,
+            connection.create_channel(),
+        )
+        .await?;
+        Ok(Channel::new(raw, &self.ledger))
+    }
+
+    /// Opens a channel in confirm mode.
+    pub async fn open_confirm_channel(&self) -> Result<Channel, Error> {
+        let channel = self.open_channel().await?;
+        let select = channel.confirm_select(ConfirmSelectOptions::default());
+        super::op("confirm.select", self.operation_timeout, select).await?;
         Ok(channel)
     }
 
-    /// Closes a channel (best effort, bounded by the operation timeout).
-    pub async fn close_channel(&self, channel: &Channel) {
-        self.metrics.amqp_channels.dec();
-        if channel.status().connected() {
-            let close = channel.close(200, "closed by warren".into());
-            let _ = tokio::time::timeout(self.operation_timeout, close).await;
-        }
+    /// How long one broker operation may take (`amqp.operation_timeout`).
+    pub fn operation_timeout(&self) -> Duration {
+        self.operation_timeout
+    }
+
+    /// The frame size negotiated with the broker (the proposed one until
+    /// connected): properties and headers must fit in one frame.
+    pub fn frame_max(&self) -> usize {
+        self.slots
+            .iter()
+            .find_map(|slot| {
+                slot.borrow()
+                    .as_ref()
+                    .map(|c| c.configuration().frame_max() as usize)
+            })
+            .filter(|&n| n > 0)
+            .unwrap_or(self.frame_max)
     }
 
     /// The user name the broker authenticated, once connected.

@@ -3,8 +3,12 @@
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::types::FieldTable;
+
+use super::args::{dead_letter_to, string};
+use lapin::ExchangeKind;
+
+use super::Channel;
 use serde_json::{Map, Value};
 use tracing::info;
 
@@ -25,29 +29,12 @@ fn arguments(args: &config::Arguments) -> FieldTable {
     super::codec::to_table(&map)
 }
 
-fn string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes()))
-}
-
 /// The dead-letter queue Warren gives a queue it declares: `<queue>.dlq`,
 /// unless the queue has a dead-letter exchange of its own, opts out, or is a
 /// stream (streams do not dead-letter).
 pub fn dead_letter_queue(q: &config::Queue) -> Option<String> {
     let own = q.arguments.contains_key("x-dead-letter-exchange");
     (q.dead_letter_queue && !own && q.kind != QueueKind::Stream).then(|| format!("{}.dlq", q.name))
-}
-
-/// Arguments that dead-letter a queue's rejected messages to `dlq`. Quorum
-/// queues dead-letter at least once (confirmed by the target), which needs
-/// `overflow=reject-publish`; plain dead-lettering is not confirmed and can
-/// lose messages.
-pub fn dead_letter_to(args: &mut FieldTable, dlq: &str, kind: QueueKind) {
-    args.insert("x-dead-letter-exchange".into(), string(""));
-    args.insert("x-dead-letter-routing-key".into(), string(dlq));
-    if kind == QueueKind::Quorum {
-        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-        args.insert("x-overflow".into(), string("reject-publish"));
-    }
 }
 
 fn exchange_kind(kind: &str) -> ExchangeKind {

@@ -1,25 +1,28 @@
 //! Dead letters that operators can work with: list without removing, replay
 //! to the original queue (optionally corrected), discard.
 //!
-//! Messages are taken from the dead-letter queue with `basic.get` and held
-//! unacked on a channel of this operation's own; whatever is not replayed or
-//! discarded goes back when the channel closes. A replayed message is acked
-//! (leaves the dead-letter queue) only after its publish to the original
-//! queue was confirmed: a crash in between may duplicate, never lose.
+//! Messages are taken from the dead-letter queue one at a time with
+//! `basic.get` on a channel of this operation's own and acted on at once
+//! (streamed: Warren holds one message at a time, whatever the scan limit);
+//! those not selected stay unacked on the channel and go back when it
+//! closes. A replayed message is acked (leaves the dead-letter queue) only
+//! after its publish to the original queue was confirmed: a crash in between
+//! may duplicate, never lose. An operation that fails part-way reports what
+//! it did before the failure.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::BasicProperties;
 use serde_json::Value;
 
-use super::delivery::{self, ATTEMPT_HEADER};
 use super::retry::Retrier;
-use crate::amqp::{self, codec, Pool};
+use super::subscribe::{attempt, ATTEMPT_HEADER};
+use super::Bus;
+use crate::amqp::{self, codec, Channel, Pool};
 use crate::error::Error;
 use crate::message::{check_short, Headers, Message};
 
@@ -57,20 +60,21 @@ pub struct Patch {
 }
 
 /// What an operation did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// Messages replayed or discarded.
     pub done: u32,
     /// Requested ids that were not found in the dead-letter queue.
     pub missing: Vec<String>,
+    /// The failure that stopped the operation after `done` messages.
+    pub stopped: Option<Error>,
 }
 
 /// The dead-letter operations.
 pub struct DeadLetters {
-    pub(super) pool: Arc<Pool>,
-    pub(super) retrier: Arc<Retrier>,
-    pub(super) timeout: Duration,
-    pub(super) max_scan: usize,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) retrier: Arc<Retrier>,
+    pub(crate) max_scan: usize,
 }
 
 fn text(headers: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
@@ -95,7 +99,7 @@ fn view(got: &BasicGetMessage) -> DeadLetter {
         .unwrap_or_default();
     DeadLetter {
         id: message.message_id.clone(),
-        attempts: delivery::attempt(&message, false),
+        attempts: attempt(&message, false),
         message,
         reason,
         original_queue,
@@ -139,34 +143,18 @@ impl DeadLetters {
         what: &str,
         f: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(|e| amqp::classify(&e)),
-            Err(_) => Err(Error::unavailable(format!(
-                "the broker did not answer {what} in time"
-            ))),
-        }
+        amqp::op(what, self.pool.operation_timeout(), f).await
     }
 
-    /// Takes up to `max` messages from `dlq`, unacked on `channel`.
-    async fn take(
-        &self,
-        channel: &Channel,
-        dlq: &str,
-        max: usize,
-    ) -> Result<Vec<BasicGetMessage>, Error> {
-        let mut taken = Vec::new();
-        while taken.len() < max {
-            let get = channel.basic_get(dlq.into(), BasicGetOptions { no_ack: false });
-            match self.op("basic.get", get).await {
-                Ok(Some(message)) => taken.push(message),
-                Ok(None) => break,
-                Err(Error::NotFound(_)) => {
-                    return Err(Error::NotFound(format!("queue {dlq:?} does not exist")))
-                }
-                Err(e) => return Err(e),
+    /// The next message of `dlq`, unacked on `channel`; None when empty.
+    async fn next(&self, channel: &Channel, dlq: &str) -> Result<Option<BasicGetMessage>, Error> {
+        let get = channel.basic_get(dlq.into(), BasicGetOptions { no_ack: false });
+        match self.op("basic.get", get).await {
+            Err(Error::NotFound(_)) => {
+                Err(Error::NotFound(format!("queue {dlq:?} does not exist")))
             }
+            other => other,
         }
-        Ok(taken)
     }
 
     async fn with_channel<T>(
@@ -181,19 +169,21 @@ impl DeadLetters {
         let channel = self.pool.open_channel().await?;
         let result = work(&channel).await;
         // Closing the channel puts back whatever is still unacked.
-        self.pool.close_channel(&channel).await;
+        channel.close(self.pool.operation_timeout()).await;
         result
     }
 
     /// The first `limit` dead letters of `dlq`, left in place.
     pub async fn list(&self, dlq: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         self.with_channel(dlq, async |channel| {
-            Ok(self
-                .take(channel, dlq, limit)
-                .await?
-                .iter()
-                .map(view)
-                .collect())
+            let mut letters = Vec::new();
+            while letters.len() < limit {
+                match self.next(channel, dlq).await? {
+                    Some(got) => letters.push(view(&got)),
+                    None => break,
+                }
+            }
+            Ok(letters)
         })
         .await
     }
@@ -216,6 +206,78 @@ impl DeadLetters {
         }
     }
 
+    /// Runs `act` on each selected dead letter of `dlq`, one at a time, up to
+    /// the scan limit. A failure stops it: the outcome says what was done.
+    async fn each(&self, dlq: &str, selection: &Selection, act: Act<'_>) -> Result<Outcome, Error> {
+        self.with_channel(dlq, async |channel| {
+            let mut outcome = Outcome::default();
+            let mut found = HashSet::new();
+            for _ in 0..self.max_scan {
+                let got = match self.next(channel, dlq).await {
+                    Ok(Some(got)) => got,
+                    Ok(None) => break,
+                    Err(e) if outcome.done == 0 => return Err(e),
+                    Err(e) => {
+                        outcome.stopped = Some(e);
+                        break;
+                    }
+                };
+                let letter = view(&got);
+                if !Self::selected(selection, &letter.id) {
+                    continue; // stays unacked: back in the queue at the end
+                }
+                if let Err(e) = self.act(channel, &got, &letter, &act).await {
+                    if outcome.done == 0 {
+                        return Err(e);
+                    }
+                    outcome.stopped = Some(e);
+                    break;
+                }
+                found.insert(letter.id);
+                outcome.done += 1;
+                if let Selection::Ids(ids) = selection {
+                    if found.len() == ids.len() {
+                        break; // everything asked for is done
+                    }
+                }
+            }
+            outcome.missing = Self::missing(selection, &found);
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn ack(&self, channel: &Channel, got: &BasicGetMessage) -> Result<(), Error> {
+        let ack = channel.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default());
+        self.op("basic.ack", ack).await
+    }
+
+    async fn act(
+        &self,
+        channel: &Channel,
+        got: &BasicGetMessage,
+        letter: &DeadLetter,
+        act: &Act<'_>,
+    ) -> Result<(), Error> {
+        if let Act::Replay(patch) = act {
+            if letter.original_queue.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "dead letter {:?} does not say which queue it came from (no x-death header)",
+                    letter.id
+                )));
+            }
+            let properties = replay_properties(&got.delivery.properties, patch);
+            let body = patch
+                .body
+                .clone()
+                .unwrap_or_else(|| got.delivery.data.clone().into());
+            self.retrier
+                .publish(&letter.original_queue, body, properties)
+                .await?;
+        }
+        self.ack(channel, got).await
+    }
+
     /// Sends the selected dead letters back to their original queues, each
     /// confirmed before it is removed from `dlq`.
     pub async fn replay(
@@ -224,53 +286,80 @@ impl DeadLetters {
         selection: &Selection,
         patch: &Patch,
     ) -> Result<Outcome, Error> {
-        self.with_channel(dlq, async |channel| {
-            let mut outcome = Outcome::default();
-            let mut found = HashSet::new();
-            for got in self.take(channel, dlq, self.max_scan).await? {
-                let letter = view(&got);
-                if !Self::selected(selection, &letter.id) {
-                    continue;
-                }
-                if letter.original_queue.is_empty() {
-                    return Err(Error::FailedPrecondition(format!(
-                        "dead letter {:?} does not say which queue it came from (no x-death header)",
-                        letter.id
-                    )));
-                }
-                let properties = replay_properties(&got.delivery.properties, patch);
-                let body = patch.body.clone().unwrap_or_else(|| got.delivery.data.clone().into());
-                self.retrier.publish(&letter.original_queue, body, properties).await?;
-                let ack = channel.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default());
-                self.op("basic.ack", ack).await?;
-                found.insert(letter.id);
-                outcome.done += 1;
-            }
-            outcome.missing = Self::missing(selection, &found);
-            Ok(outcome)
-        })
-        .await
+        self.each(dlq, selection, Act::Replay(patch)).await
     }
 
     /// Removes the selected dead letters for good.
     pub async fn discard(&self, dlq: &str, selection: &Selection) -> Result<Outcome, Error> {
-        self.with_channel(dlq, async |channel| {
-            let mut outcome = Outcome::default();
-            let mut found = HashSet::new();
-            for got in self.take(channel, dlq, self.max_scan).await? {
-                let letter = view(&got);
-                if Self::selected(selection, &letter.id) {
-                    let ack =
-                        channel.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default());
-                    self.op("basic.ack", ack).await?;
-                    found.insert(letter.id);
-                    outcome.done += 1;
-                }
+        self.each(dlq, selection, Act::Discard).await
+    }
+}
+
+/// What an operation does with each selected dead letter.
+enum Act<'a> {
+    /// Publish it (patched) to its original queue, then remove it.
+    Replay(&'a Patch),
+    /// Remove it.
+    Discard,
+}
+
+impl Bus {
+    /// Up to `limit` dead letters of `dlq`, left in place.
+    pub async fn dead_letters(&self, dlq: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        let _pass = self.enter()?;
+        let max = self.config.dead_letters.max_list;
+        if limit > max {
+            return Err(Error::InvalidArgument(format!(
+                "limit {limit} is above {max} (dead_letters.max_list)"
+            )));
+        }
+        self.dead_letters.list(dlq, limit).await
+    }
+
+    /// Replays the selected dead letters of `dlq` to their original queues.
+    pub async fn replay(
+        &self,
+        dlq: &str,
+        selection: &Selection,
+        patch: &Patch,
+    ) -> Result<Outcome, Error> {
+        let _pass = self.enter_broker()?;
+        if let Some(body) = &patch.body {
+            if body.len() > self.config.publish.max_body_bytes {
+                return Err(Error::TooLarge {
+                    what: "message body",
+                    size: body.len(),
+                    limit: self.config.publish.max_body_bytes,
+                });
             }
-            outcome.missing = Self::missing(selection, &found);
-            Ok(outcome)
-        })
-        .await
+        }
+        if let Some(headers) = &patch.headers {
+            crate::amqp::codec::check_headers(headers)?;
+            if let Some(key) = headers.keys().find(|k| {
+                k.to_ascii_lowercase()
+                    .starts_with(crate::message::RESERVED_PREFIX)
+            }) {
+                return Err(Error::InvalidArgument(format!(
+                    "header {key:?}: names starting with {} are Warren's own",
+                    crate::message::RESERVED_PREFIX
+                )));
+            }
+        }
+        for (what, value) in [
+            ("content_type", &patch.content_type),
+            ("content_encoding", &patch.content_encoding),
+        ] {
+            if let Some(v) = value {
+                check_short(what, v)?;
+            }
+        }
+        self.dead_letters.replay(dlq, selection, patch).await
+    }
+
+    /// Removes the selected dead letters of `dlq` for good.
+    pub async fn discard(&self, dlq: &str, selection: &Selection) -> Result<Outcome, Error> {
+        let _pass = self.enter()?;
+        self.dead_letters.discard(dlq, selection).await
     }
 }
 

@@ -4,17 +4,20 @@
 //! with it every unconfirmed message on it. So before the first publish to an
 //! exchange (and again after `publish.exchange_cache_ttl`), Warren asks the
 //! broker with a passive declare on a probe channel of its own; only known
-//! exchanges reach publisher channels. An exchange deleted in between is
-//! handled by the publisher's recovery.
+//! exchanges reach publisher channels. Checks are single-flight per exchange
+//! (concurrent first publishes to one exchange share one probe; probes of
+//! different exchanges run side by side), and a missing exchange is
+//! remembered for [`NEGATIVE_TTL`], so a client hammering a missing exchange
+//! costs the broker one probe per period and delays nobody else. An exchange
+//! deleted after its check is handled by the publisher's recovery.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
-use tokio::sync::Mutex;
+use lapin::ExchangeKind;
 
 use crate::amqp::{self, Pool};
 use crate::error::Error;
@@ -30,49 +33,81 @@ const PREDECLARED: [&str; 7] = [
     "amq.rabbitmq.trace",
 ];
 
-/// A cache of exchanges known to exist.
+/// How long a missing exchange is remembered as missing.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+/// A cache of what the broker said about exchanges.
 pub struct Exchanges {
-    known: RwLock<HashMap<String, Instant>>,
+    /// Name -> (exists, when the broker said so).
+    known: RwLock<HashMap<String, (bool, Instant)>>,
+    /// One lock per exchange being probed.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     ttl: Duration,
-    probe: Mutex<Option<Channel>>,
     pool: Arc<Pool>,
-    timeout: Duration,
 }
 
 impl Exchanges {
     /// An empty cache that probes over `pool`.
-    pub fn new(pool: Arc<Pool>, ttl: Duration, timeout: Duration) -> Self {
+    pub fn new(pool: Arc<Pool>, ttl: Duration) -> Self {
         Self {
             known: RwLock::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
             ttl,
-            probe: Mutex::new(None),
             pool,
-            timeout,
         }
     }
 
-    fn is_known(&self, name: &str) -> bool {
+    fn cached(&self, name: &str) -> Option<Result<(), Error>> {
         let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        known.get(name).is_some_and(|at| at.elapsed() < self.ttl)
+        match known.get(name) {
+            Some((true, at)) if at.elapsed() < self.ttl => Some(Ok(())),
+            Some((false, at)) if at.elapsed() < NEGATIVE_TTL.min(self.ttl) => {
+                Some(Err(missing(name)))
+            }
+            _ => None,
+        }
+    }
+
+    fn remember(&self, name: &str, exists: bool) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        // Keep the map from growing without bound on made-up names.
+        if known.len() > 10_000 {
+            known.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        known.insert(name.to_owned(), (exists, Instant::now()));
     }
 
     /// Ok when `name` exists; NOT_FOUND when it does not.
     pub async fn check(&self, name: &str) -> Result<(), Error> {
-        if PREDECLARED.contains(&name) || self.is_known(name) {
+        if PREDECLARED.contains(&name) {
             return Ok(());
         }
-        let mut probe = self.probe.lock().await;
-        if self.is_known(name) {
-            return Ok(()); // checked by whoever held the probe before us
+        if let Some(result) = self.cached(name) {
+            return result;
         }
-        let channel = match probe.as_ref().filter(|c| c.status().connected()) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = self.pool.open_channel().await?;
-                *probe = Some(channel.clone());
-                channel
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            flights.entry(name.to_owned()).or_default().clone()
+        };
+        let result = {
+            let _one_probe = flight.lock().await;
+            match self.cached(name) {
+                Some(result) => result, // probed by whoever went before us
+                None => self.probe(name).await,
             }
         };
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else waits on this flight.
+        if Arc::strong_count(&flight) <= 2 {
+            flights.remove(name);
+        }
+        result
+    }
+
+    async fn probe(&self, name: &str) -> Result<(), Error> {
+        // A channel per probe: a failed passive declare closes its channel,
+        // which must not fail a probe of another exchange beside it.
+        let channel = self.pool.open_channel().await?;
         let passive = ExchangeDeclareOptions {
             passive: true,
             ..Default::default()
@@ -83,33 +118,19 @@ impl Exchanges {
             passive,
             FieldTable::default(),
         );
-        let result = tokio::time::timeout(self.timeout, declare).await;
+        let timeout = self.pool.operation_timeout();
+        let result = amqp::op("exchange.declare", timeout, declare).await;
+        channel.close(timeout).await;
         match result {
-            Ok(Ok(())) => {
-                let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-                known.insert(name.to_owned(), Instant::now());
+            Ok(()) => {
+                self.remember(name, true);
                 Ok(())
             }
-            Ok(Err(error)) => {
-                // A failed passive declare closes the probe channel.
-                if let Some(channel) = probe.take() {
-                    self.pool.close_channel(&channel).await;
-                }
-                match amqp::classify(&error) {
-                    Error::NotFound(_) => {
-                        Err(Error::NotFound(format!("exchange {name:?} does not exist")))
-                    }
-                    other => Err(other),
-                }
+            Err(Error::NotFound(_)) => {
+                self.remember(name, false);
+                Err(missing(name))
             }
-            Err(_) => {
-                if let Some(channel) = probe.take() {
-                    self.pool.close_channel(&channel).await;
-                }
-                Err(Error::unavailable(
-                    "the broker did not answer an exchange check in time",
-                ))
-            }
+            Err(other) => Err(other),
         }
     }
 
@@ -118,4 +139,8 @@ impl Exchanges {
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         known.remove(name);
     }
+}
+
+fn missing(name: &str) -> Error {
+    Error::NotFound(format!("exchange {name:?} does not exist"))
 }

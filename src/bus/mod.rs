@@ -1,46 +1,52 @@
 //! The bus core: every operation the transports offer, over AMQP.
 //!
-//! [`Bus`] owns the connection pools, the publishers and the topology. The
-//! gRPC and HTTP layers turn requests into calls on it and its [`Error`]s into
-//! status codes; nothing else in them knows about AMQP.
+//! [`Bus`] owns the connection pools, the publishers, the subscriptions and
+//! the topology. The gRPC and HTTP layers turn requests into calls on it and
+//! its [`Error`]s into status codes; nothing else in them knows about AMQP.
+//!
+//! One folder or file per concern, each `Bus` method beside its concern:
+//! - [`publish`]: validation, publisher sessions (one task and channel per
+//!   stream or named publisher), their registry, the shared channels, the
+//!   confirm verdict.
+//! - [`subscribe`]: opening consumers, the consumer loop, settlement state,
+//!   delivery ids and attempts; `Bus::subscribe`, `ack`, `nack`.
+//! - [`rpc`]: request/reply with direct reply-to; `Bus::call`, `reply`.
+//! - [`retry`]: the retry policy and the broker-held delay queues.
+//! - [`dead_letters`]: list, replay and discard dead letters.
+//! - [`exchanges`]: which exchanges exist, checked before publishing.
+//! - [`breaker`]: the circuit breaker.
+//! - [`drain`] and `lifecycle`: the one gate every call passes, readiness,
+//!   topology, and the ordered shutdown.
 
 mod breaker;
-mod consume;
-mod dead_letters;
-mod delivery;
+pub mod dead_letters;
+mod drain;
 mod exchanges;
-mod publish;
-mod publisher;
-mod publishers;
-mod retry;
-mod rpc;
-mod shared;
-mod subscribe;
-mod subscriber;
-mod subscriptions;
+mod lifecycle;
+pub mod publish;
+pub mod retry;
+pub mod rpc;
+pub mod subscribe;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use crate::amqp::{self, topology, Pool, Role};
+use crate::amqp::{Pool, Role};
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
 use breaker::Breaker;
 pub use dead_letters::{DeadLetter, Outcome as DeadLetterOutcome, Patch, Selection};
-pub use delivery::{Delivery, SubscribeRequest};
+use drain::Gate;
 use exchanges::Exchanges;
-use publish::outcome_of;
-pub use publish::{Confirmed, Pending, Publish};
-pub use publishers::Handle as PublisherHandle;
-use publishers::Publishers;
+pub use publish::{Confirmed, Pending, Publish, PublisherHandle};
+use publish::{Publishers, Shared};
 use rpc::Rpc;
-pub use subscriptions::Subscription;
-use subscriptions::Subscriptions;
+use subscribe::Subscriptions;
+pub use subscribe::{Action, Delivery, SubscribeRequest, Subscription};
 
 /// The bus core. One per process; share it behind an `Arc`.
 pub struct Bus {
@@ -50,13 +56,16 @@ pub struct Bus {
     consume_pool: Arc<Pool>,
     exchanges: Arc<Exchanges>,
     publishers: Arc<Publishers>,
-    shared: Arc<shared::Shared>,
+    shared: Arc<Shared>,
     subscriptions: Subscriptions,
     rpc: Rpc,
     dead_letters: dead_letters::DeadLetters,
     breaker: Arc<Breaker>,
+    /// Every call passes it; shutdown closes it and waits for the passes.
+    gate: Gate,
+    /// Cancelled after the drain: ends subscriptions, publisher tasks and
+    /// background work.
     shutdown: CancellationToken,
-    closing: AtomicBool,
     topology_declared: AtomicBool,
 }
 
@@ -69,14 +78,13 @@ impl Bus {
         let exchanges = Arc::new(Exchanges::new(
             publish_pool.clone(),
             config.publish.exchange_cache_ttl,
-            config.amqp.operation_timeout,
         ));
         let shutdown = CancellationToken::new();
         let breaker = Arc::new(Breaker::new(
             &config.breaker,
             metrics.circuit_breaker_state.clone(),
         ));
-        let ctx = publisher::Context {
+        let ctx = publish::Context {
             breaker: breaker.clone(),
             pool: publish_pool.clone(),
             exchanges: exchanges.clone(),
@@ -85,10 +93,7 @@ impl Bus {
             confirm_timeout: config.publish.confirm_timeout,
             retry_budget: config.publish.retry_budget,
         };
-        let shared = Arc::new(shared::Shared::new(
-            ctx.clone(),
-            config.amqp.shared_publishers,
-        ));
+        let shared = Arc::new(Shared::new(ctx.clone(), config.amqp.shared_publishers));
         let publishers = Publishers::new(
             ctx,
             config.amqp.max_channels,
@@ -100,28 +105,31 @@ impl Bus {
             config.retry.clone(),
             publish_pool.clone(),
             shared.clone(),
-            config.amqp.operation_timeout,
         ));
         let dead_letters = dead_letters::DeadLetters {
             pool: publish_pool.clone(),
             retrier: retrier.clone(),
-            timeout: config.amqp.operation_timeout,
             max_scan: config.dead_letters.max_scan,
         };
         let subscriptions = Subscriptions::new(
             consume_pool.clone(),
             metrics.clone(),
             config.subscribe.clone(),
-            config.amqp.operation_timeout,
             retrier,
             exchanges.clone(),
             shutdown.clone(),
         );
-        let rpc = Rpc::new(
-            publish_pool.clone(),
-            metrics.clone(),
-            config.rpc.clone(),
-            config.amqp.operation_timeout,
+        let rpc = Rpc::new(publish_pool.clone(), metrics.clone(), config.rpc.clone());
+        let up = [publish_pool.clone(), consume_pool.clone()].map(|p| Arc::downgrade(&p));
+        metrics.computed(
+            "warren_broker_up",
+            "1 while connected to the broker, else 0.",
+            move || {
+                let connected = up
+                    .iter()
+                    .all(|p| p.upgrade().is_some_and(|p| p.is_connected()));
+                i64::from(connected)
+            },
         );
         Arc::new(Self {
             rpc,
@@ -135,8 +143,8 @@ impl Bus {
             publishers,
             shared,
             subscriptions,
+            gate: Gate::default(),
             shutdown,
-            closing: AtomicBool::new(false),
             topology_declared: AtomicBool::new(false),
         })
     }
@@ -151,100 +159,20 @@ impl Bus {
         &self.metrics
     }
 
-    /// Waits for the broker, then declares the configured topology. A refusal
-    /// is returned (and should stop start-up).
-    pub async fn declare_topology(self: &Arc<Self>) -> Result<(), topology::Refused> {
-        let mut reconnects = self.publish_pool.connections_made();
-        self.publish_pool.wait_connected().await;
-        reconnects.mark_unchanged();
-        self.declare_once().await?;
-        self.topology_declared.store(true, Ordering::Release);
-        // After the broker comes back (a restart may have lost non-durable
-        // parts), declare it all again.
-        let bus = Arc::downgrade(self);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    changed = reconnects.changed() => if changed.is_err() { return },
-                }
-                let Some(bus) = bus.upgrade() else { return };
-                match bus.declare_once().await {
-                    Ok(()) => info!("topology declared again after a reconnect"),
-                    Err(e) => {
-                        warn!(error = %e, "could not declare the topology again after a reconnect")
-                    }
-                }
-            }
-        });
-        Ok(())
+    /// A pass for a call that needs nothing from the broker up front.
+    fn enter(&self) -> Result<drain::Pass, Error> {
+        self.gate.enter()
     }
 
-    async fn declare_once(&self) -> Result<(), topology::Refused> {
-        let refused = |reason: String| topology::Refused {
-            what: "the topology".into(),
-            reason,
-        };
-        let channel = self
-            .publish_pool
-            .open_channel()
-            .await
-            .map_err(|e| refused(e.to_string()))?;
-        let topology = &self.config.topology;
-        let items = topology.exchanges.len() + topology.queues.len() * 2 + topology.bindings.len();
-        let limit = self.config.amqp.operation_timeout * (items as u32 + 1);
-        let result = match tokio::time::timeout(limit, topology::declare(&channel, topology)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(refused(format!(
-                "the broker did not answer within {limit:?}"
-            ))),
-        };
-        self.publish_pool.close_channel(&channel).await;
-        result
-    }
-
-    /// Whether Warren can serve: connected to the broker, topology declared,
-    /// not shutting down.
-    pub fn is_ready(&self) -> bool {
-        let up = self.publish_pool.is_connected() && self.consume_pool.is_connected();
-        self.metrics.broker_up.set(i64::from(up));
-        up && self.topology_declared.load(Ordering::Acquire)
-            && !self.closing.load(Ordering::Acquire)
-    }
-
-    fn check_open(&self) -> Result<(), Error> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(Error::ShuttingDown);
+    /// A pass for a new publish or call: refused at once while the breaker is
+    /// open or the pool knows no connection is live (which opens the breaker),
+    /// so that no new request waits for a broker that is away.
+    fn enter_broker(&self) -> Result<drain::Pass, Error> {
+        let pass = self.gate.enter()?;
+        self.breaker.check()?;
+        if self.publish_pool.is_down() {
+            return Err(self.breaker.trip());
         }
-        Ok(())
-    }
-
-    /// Graceful stop: refuse new work, let publishers settle what they hold
-    /// (their confirms), close channels and connections.
-    pub async fn shutdown(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.shutdown.cancel();
-        info!("draining publishers and closing subscriptions");
-        tokio::join!(
-            self.publishers.drained(),
-            self.subscriptions.closed(),
-            self.shared.close()
-        );
-        self.publish_pool.close().await;
-        self.consume_pool.close().await;
-        self.metrics.broker_up.set(0);
-        info!("bus closed");
-    }
-
-    /// The masked broker URLs (for logs).
-    pub fn brokers(&self) -> Vec<String> {
-        self.config
-            .amqp
-            .urls()
-            .iter()
-            .map(|u| amqp::mask(u))
-            .collect()
+        Ok(pass)
     }
 }

@@ -219,18 +219,18 @@ impl proto::bus_server::Bus for Service {
         let trace = Trace::of(request.metadata());
         let request = request.into_inner();
         let timeout_ms = request.timeout_ms;
-        let mut publish = convert::publish(proto::PublishRequest {
-            exchange: request.exchange,
-            routing_key: request.routing_key,
-            message: request.message,
-            allow_unroutable: false,
-            request_id: String::new(),
-        })
-        .map_err(|e| status(&e))?;
-        trace.apply(&mut publish.message).map_err(|e| status(&e))?;
+        let mut message =
+            convert::message(request.message.unwrap_or_default()).map_err(|e| status(&e))?;
+        trace.apply(&mut message).map_err(|e| status(&e))?;
         let reply = self
             .bus
-            .call(publish, timeout_ms, deadline)
+            .call(
+                request.exchange,
+                request.routing_key,
+                message,
+                timeout_ms,
+                deadline,
+            )
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(proto::CallResponse {

@@ -21,11 +21,16 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = declared.filter(|&size| size > limit) {
-        return Err(Error::TooLarge { size, limit });
+        return Err(Error::TooLarge {
+            what: "message body",
+            size,
+            limit,
+        });
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(Error::TooLarge {
+            what: "message body",
             size: limit + 1,
             limit,
         }),

@@ -148,7 +148,8 @@ pub async fn replay(
     let request = select_request(&state, &headers, body).await?;
     let selection = selection(&request)?;
     let patch = request.message.map(patch).transpose()?.unwrap_or_default();
-    let DeadLetterOutcome { done, missing } = state.bus.replay(&dlq, &selection, &patch).await?;
+    let outcome = state.bus.replay(&dlq, &selection, &patch).await?;
+    let DeadLetterOutcome { done, missing, .. } = partial(outcome, "replayed")?;
     Ok(Json(Replayed {
         replayed: done,
         missing,
@@ -167,9 +168,19 @@ pub async fn discard(
         return Err(Error::InvalidArgument("message belongs to replay".into()).into());
     }
     let selection = selection(&request)?;
-    let DeadLetterOutcome { done, missing } = state.bus.discard(&dlq, &selection).await?;
+    let outcome = state.bus.discard(&dlq, &selection).await?;
+    let DeadLetterOutcome { done, missing, .. } = partial(outcome, "discarded")?;
     Ok(Json(Discarded {
         discarded: done,
         missing,
     }))
+}
+
+/// An operation stopped by a failure part-way: the failure's problem, with
+/// how many messages were done before it (`replayed` / `discarded`).
+fn partial(outcome: DeadLetterOutcome, done: &str) -> Result<DeadLetterOutcome, Problem> {
+    match outcome.stopped {
+        Some(e) => Err(Problem::from(e).with(done, outcome.done)),
+        None => Ok(outcome),
+    }
 }

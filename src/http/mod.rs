@@ -74,12 +74,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.bus.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        Problem(Error::unavailable("not connected to the broker")).into_response()
+        Problem::from(Error::unavailable("not connected to the broker")).into_response()
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.bus.is_ready(); // refreshes warren_broker_up
     (
         [(
             header::CONTENT_TYPE,
@@ -90,11 +89,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem(Error::MethodNotAllowed)
+    Problem::method_not_allowed()
 }
 
 async fn not_found() -> Problem {
-    Problem(Error::NotFound("no such endpoint".into()))
+    Problem::from(Error::NotFound("no such endpoint".into()))
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled and open requests

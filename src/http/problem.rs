@@ -1,42 +1,103 @@
-//! Errors as `application/problem+json` (RFC 9457).
+//! Errors as `application/problem+json` (RFC 9457): bus errors, and the few
+//! failures of HTTP itself (an unknown method, an unreadable path).
+
+use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use crate::error::Error;
 
-/// A bus error as an HTTP response.
-pub struct Problem(pub Error);
+/// An HTTP error response.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    kind: &'static str,
+    detail: String,
+    code: Option<u32>,
+    retryable: bool,
+    retry_after: Option<Duration>,
+    /// Members beyond RFC 9457's (`replayed` of a partial replay, ...).
+    extra: Map<String, Value>,
+}
 
 impl From<Error> for Problem {
     fn from(e: Error) -> Self {
-        Problem(e)
+        Problem {
+            status: StatusCode::from_u16(e.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            kind: e.kind(),
+            detail: e.to_string(),
+            code: Some(e.code()),
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+            extra: Map::new(),
+        }
+    }
+}
+
+impl Problem {
+    /// A failure of HTTP itself, with no bus error behind it.
+    pub fn http(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            kind,
+            detail: detail.into(),
+            code: None,
+            retryable: false,
+            retry_after: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// 405: the endpoint exists but does not take the method.
+    pub fn method_not_allowed() -> Self {
+        Self::http(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this endpoint does not take that method",
+        )
+    }
+
+    /// Adds a member to the body.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The problem document (also the data of an SSE `error` event).
+    pub fn body(&self) -> Value {
+        let mut body = json!({
+            "type": format!("urn:warren:problem:{}", self.kind),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "retryable": self.retryable,
+        });
+        if let (Some(code), Some(map)) = (self.code, body.as_object_mut()) {
+            map.insert("code".into(), code.into());
+        }
+        if let Some(map) = body.as_object_mut() {
+            map.extend(self.extra.clone());
+        }
+        body
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let e = self.0;
-        let status =
-            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({
-            "type": format!("urn:warren:problem:{}", e.kind()),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": e.to_string(),
-            "code": e.code(),
-            "retryable": e.is_retryable(),
-        });
-        let mut response = (status, body.to_string()).into_response();
+        let mut response = (self.status, self.body().to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(after) = e.retry_after() {
-            let secs = after.as_secs().max(1);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: a client that waits this long
+            // finds the open period over.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::body::{self, JsonMessage, JsonOut};
 use super::problem::Problem;
 use super::AppState;
-use crate::bus::Publish;
 
 /// The body of `POST /v1/call`: where to, the message, the timeout.
 #[derive(Debug, Deserialize)]
@@ -35,13 +34,16 @@ pub async fn call(
     let request: CallJson = body::json(&bytes)?;
     let mut message = request.message.into_message()?;
     body::trace(&headers, &mut message)?;
-    let publish = Publish {
-        exchange: request.exchange,
-        routing_key: request.routing_key,
-        message,
-        mandatory: true,
-    };
-    let reply = state.bus.call(publish, request.timeout_ms, None).await?;
+    let reply = state
+        .bus
+        .call(
+            request.exchange,
+            request.routing_key,
+            message,
+            request.timeout_ms,
+            None,
+        )
+        .await?;
     Ok(Json(reply.into()))
 }
 

@@ -71,9 +71,9 @@ fn event(item: Result<Delivery, Error>) -> Event {
             Event::default().id(id).data(data)
         }
         // The broker ended the subscription: say why, then the stream ends.
-        Err(e) => Event::default().event("error").data(
-            serde_json::json!({"code": e.code(), "status": e.http_status(), "detail": e.to_string()}).to_string(),
-        ),
+        Err(e) => Event::default()
+            .event("error")
+            .data(Problem::from(e).body().to_string()),
     }
 }
 

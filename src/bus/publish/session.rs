@@ -8,37 +8,37 @@
 //! that were merely caught in flight, on a fresh channel.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::amqp::{self, codec, Pool};
-use crate::error::Error;
-use crate::metrics::{outcome, Metrics};
-
-use super::exchanges::Exchanges;
+use super::verdict::{retry_backoff, verdict, Context, Outcome};
 use super::{Confirmed, Publish};
-
-/// How many channel closes with no named culprit a message goes through
-/// before it fails.
-pub(super) const MAX_ATTEMPTS: u32 = 3;
+use crate::amqp::{codec, Channel};
+use crate::bus::drain::Pass;
+use crate::error::Error;
+use crate::metrics::outcome;
 
 /// A queued publish and where its outcome goes.
-pub(super) struct Command {
+pub(crate) struct Command {
     pub publish: Publish,
     /// AMQP properties to send as they are (republished deliveries keep
     /// their exact header types); else built from `publish.message`.
     pub properties: Option<BasicProperties>,
     pub started: Instant,
     pub reply: oneshot::Sender<Result<Confirmed, Error>>,
+    /// Held until the message is answered: the drain waits for it.
+    pub _pass: Pass,
 }
 
 struct InFlight {
@@ -50,56 +50,11 @@ struct InFlight {
     generation: u64,
 }
 
-pub(super) enum Outcome {
-    Acked,
-    /// Returned by the broker: no queue was bound for it.
-    Returned,
-    Nacked,
-    NotConfirmMode,
-    Failed(lapin::Error),
-    TimedOut,
-}
-
-impl From<Confirmation> for Outcome {
-    fn from(confirmation: Confirmation) -> Self {
-        match confirmation {
-            Confirmation::Ack(None) => Outcome::Acked,
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Outcome::Returned,
-            Confirmation::Nack(None) => Outcome::Nacked,
-            Confirmation::NotRequested => Outcome::NotConfirmMode,
-        }
-    }
-}
-
 type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
-
-/// What a publisher task needs from the bus.
-#[derive(Clone)]
-pub(super) struct Context {
-    pub breaker: Arc<super::breaker::Breaker>,
-    pub pool: Arc<Pool>,
-    pub exchanges: Arc<Exchanges>,
-    pub metrics: Metrics,
-    pub max_in_flight: usize,
-    pub confirm_timeout: Duration,
-    pub retry_budget: Duration,
-}
-
-/// Backoff between attempts to get a channel back: 50 ms doubling to 2 s,
-/// with jitter so that many publishers do not retry in step.
-pub(super) fn retry_backoff() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
 
 /// Starts a publisher task; it runs until every sender of the returned queue
 /// is dropped and its messages are settled.
-pub(super) fn spawn(
+pub(crate) fn spawn(
     ctx: Context,
     permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
@@ -164,33 +119,19 @@ impl Task {
             }
         }
         if let Some(channel) = self.channel.take() {
-            self.ctx.pool.close_channel(&channel).await;
+            channel.close(self.ctx.pool.operation_timeout()).await;
         }
     }
 
     /// A confirm-mode channel, opened on demand.
     async fn channel(&mut self) -> Result<Channel, Error> {
         if let Some(channel) = &self.channel {
-            if channel.status().connected() {
+            if channel.is_open() {
                 return Ok(channel.clone());
             }
             self.drop_channel().await;
         }
-        let channel = self.ctx.pool.open_channel().await?;
-        let select = channel.confirm_select(ConfirmSelectOptions::default());
-        match tokio::time::timeout(self.ctx.confirm_timeout, select).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.ctx.pool.close_channel(&channel).await;
-                return Err(amqp::classify(&e));
-            }
-            Err(_) => {
-                self.ctx.pool.close_channel(&channel).await;
-                return Err(Error::unavailable(
-                    "the broker did not enable confirms in time",
-                ));
-            }
-        }
+        let channel = self.ctx.pool.open_confirm_channel().await?;
         self.generation += 1;
         self.channel = Some(channel.clone());
         Ok(channel)
@@ -199,7 +140,7 @@ impl Task {
     async fn drop_channel(&mut self) {
         if let Some(channel) = self.channel.take() {
             self.generation += 1;
-            self.ctx.pool.close_channel(&channel).await;
+            channel.close(self.ctx.pool.operation_timeout()).await;
         }
     }
 
@@ -218,8 +159,11 @@ impl Task {
         }
     }
 
-    /// Puts the message on the wire (on the future's first poll, which
-    /// FuturesUnordered makes in push order) and tracks its confirm.
+    /// Puts the message on the wire, now, and tracks its confirm. The order
+    /// of a session's messages is made here: lapin takes the delivery tag and
+    /// queues the frames on a publish future's first poll, so that poll
+    /// happens in this call, in call order, not whenever the set of confirm
+    /// futures gets to it.
     fn send(&mut self, seq: u64, mut entry: InFlight, channel: &Channel) {
         entry.attempts += 1;
         entry.generation = self.generation;
@@ -238,23 +182,23 @@ impl Task {
         let body = publish.message.body.clone();
         let generation = self.generation;
         let timeout = self.ctx.confirm_timeout;
-        self.confirms.push(
-            async move {
-                let publish = async {
-                    channel
-                        .basic_publish(exchange, routing_key, options, &body, properties)
-                        .await?
-                        .await
-                };
-                let outcome = match tokio::time::timeout(timeout, publish).await {
-                    Ok(Ok(confirmation)) => Outcome::from(confirmation),
-                    Ok(Err(error)) => Outcome::Failed(error),
-                    Err(_) => Outcome::TimedOut,
-                };
-                (seq, generation, outcome)
-            }
-            .boxed(),
-        );
+        let mut confirm = async move {
+            let publish = async {
+                channel
+                    .basic_publish(exchange, routing_key, options, &body, properties)
+                    .await?
+                    .await
+            };
+            let outcome = match tokio::time::timeout(timeout, publish).await {
+                Ok(Ok(confirmation)) => Outcome::from(confirmation),
+                Ok(Err(error)) => Outcome::Failed(error),
+                Err(_) => Outcome::TimedOut,
+            };
+            (seq, generation, outcome)
+        }
+        .boxed();
+        first_poll(&mut confirm);
+        self.confirms.push(confirm);
         self.in_flight.insert(seq, entry);
     }
 
@@ -369,83 +313,14 @@ impl Task {
     }
 }
 
-impl Context {
-    /// What a channel closed by the broker (a soft error) means for a message
-    /// that was on it: `Some(error)` when it fails now, `None` to publish it
-    /// again. A close naming another message's exchange says nothing against
-    /// this one; only closes that name no culprit count towards giving up.
-    pub(super) fn caught(
-        &self,
-        error: &lapin::Error,
-        exchange: &str,
-        unexplained: &mut u32,
-    ) -> Option<Error> {
-        if !amqp::is_channel_error(error) {
-            return None;
-        }
-        let culprit = amqp::exchange_in(&error.to_string());
-        if culprit.is_none() {
-            *unexplained += 1;
-        }
-        if culprit.as_deref() != Some(exchange) && *unexplained < MAX_ATTEMPTS {
-            return None;
-        }
-        let e = amqp::publish_error(error, exchange);
-        if matches!(e, Error::NotFound(_)) {
-            self.exchanges.forget(exchange);
-        }
-        Some(e)
-    }
-
-    /// Counts a finished publish in the metrics and the breaker.
-    pub(super) fn record(&self, started: Instant, result: &Result<Confirmed, Error>) {
-        self.breaker.record(result);
-        match result {
-            Ok(_) => {
-                self.metrics.publish(outcome::CONFIRMED);
-                self.metrics
-                    .publish_duration
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            Err(e) => self.metrics.publish(super::outcome_of(e)),
-        }
-    }
-}
-
-/// The verdict of the broker's answer on `publish`.
-pub(super) fn verdict(outcome: Outcome, publish: &Publish) -> Result<Confirmed, Error> {
-    match outcome {
-        Outcome::Acked => Ok(Confirmed {
-            message_id: publish.message.message_id.clone(),
-        }),
-        Outcome::Returned => Err(Error::Unroutable {
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
-        }),
-        Outcome::Nacked => Err(Error::Nacked),
-        Outcome::NotConfirmMode => Err(Error::Internal("channel is not in confirm mode".into())),
-        Outcome::Failed(e) => Err(amqp::publish_error(&e, &publish.exchange)),
-        Outcome::TimedOut => Err(Error::unavailable(
-            "the broker did not confirm the message in time",
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::amqp::exchange_in;
-
-    #[test]
-    fn finds_the_exchange_in_close_reasons() {
-        assert_eq!(
-            exchange_in("NOT_FOUND - no exchange 'missing.x' in vhost '/'").as_deref(),
-            Some("missing.x")
-        );
-        assert_eq!(
-            exchange_in("ACCESS_REFUSED - cannot publish to internal exchange 'it's' in vhost 'v'")
-                .as_deref(),
-            Some("it's")
-        );
-        assert_eq!(exchange_in("PRECONDITION_FAILED - something else"), None);
+/// Polls a publish once, so that what it does on its first poll (tag and
+/// frames) happens now. Its outcome cannot be ready yet (the broker has not
+/// answered); if it is (a closed channel fails at once), the set of confirm
+/// futures polls it again and gets the same answer.
+fn first_poll(confirm: &mut ConfirmFuture) {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    if let Poll::Ready(answer) = Pin::new(&mut *confirm).poll(&mut cx) {
+        *confirm = futures::future::ready(answer).boxed();
     }
 }

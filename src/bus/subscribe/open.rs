@@ -3,15 +3,14 @@
 //! the broker connection comes back.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Consumer};
+use lapin::Consumer;
 
 use super::delivery::SubscribeRequest;
-use super::exchanges::Exchanges;
-use crate::amqp::{self, Pool};
+use crate::amqp::{self, Channel, Pool};
+use crate::bus::exchanges::Exchanges;
 use crate::error::Error;
 
 /// A consumer ready to deliver.
@@ -29,7 +28,6 @@ pub struct Opener {
     pub exchanges: Arc<Exchanges>,
     pub request: SubscribeRequest,
     pub prefetch: u16,
-    pub timeout: Duration,
 }
 
 impl Opener {
@@ -54,7 +52,7 @@ impl Opener {
     ) -> Result<bool, Error> {
         let channel = self.pool.open_channel().await?;
         let result = check(&channel).await;
-        self.pool.close_channel(&channel).await;
+        channel.close(self.pool.operation_timeout()).await;
         match result {
             Ok(()) => Ok(true),
             Err(Error::NotFound(_)) => Ok(false),
@@ -72,7 +70,7 @@ impl Opener {
                 consumer,
             }),
             Err(e) => {
-                self.pool.close_channel(&channel).await;
+                channel.close(self.pool.operation_timeout()).await;
                 Err(e)
             }
         }
@@ -83,12 +81,7 @@ impl Opener {
         what: &str,
         f: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(result) => result.map_err(|e| amqp::classify(&e)),
-            Err(_) => Err(Error::unavailable(format!(
-                "the broker did not answer {what} in time"
-            ))),
-        }
+        amqp::op(what, self.pool.operation_timeout(), f).await
     }
 
     /// Declares and binds the subscription's own queue when it names an exchange.
@@ -119,11 +112,7 @@ impl Opener {
                 let declare =
                     channel.queue_declare(dlq.as_str().into(), durable, FieldTable::default());
                 self.op("queue.declare", declare).await?;
-                crate::amqp::topology::dead_letter_to(
-                    &mut args,
-                    &dlq,
-                    crate::config::QueueKind::Classic,
-                );
+                amqp::args::dead_letter_to(&mut args, &dlq, crate::config::QueueKind::Classic);
             }
         }
         let queue = if exists {

@@ -3,18 +3,18 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::consume::{Opened, Opener};
+use super::consumer::{Context, Subscriber};
 use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
-use super::exchanges::Exchanges;
-use super::retry::Retrier;
-use super::subscriber::{Action, Context, Settle, Subscriber};
+use super::open::{Opened, Opener};
+use super::settle::{Action, Settle};
 use crate::amqp::Pool;
+use crate::bus::exchanges::Exchanges;
+use crate::bus::retry::Retrier;
 use crate::config;
 use crate::error::Error;
 use crate::message::check_short;
@@ -47,7 +47,6 @@ pub struct Subscriptions {
     pool: Arc<Pool>,
     metrics: Metrics,
     config: config::Subscribe,
-    operation_timeout: Duration,
     instance: u64,
     next_id: AtomicU64,
     live: Arc<RwLock<HashMap<u64, mpsc::Sender<Settle>>>>,
@@ -59,11 +58,10 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub(super) fn new(
+    pub(crate) fn new(
         pool: Arc<Pool>,
         metrics: Metrics,
         config: config::Subscribe,
-        operation_timeout: Duration,
         retrier: Arc<Retrier>,
         exchanges: Arc<Exchanges>,
         shutdown: CancellationToken,
@@ -73,7 +71,6 @@ impl Subscriptions {
             pool,
             metrics,
             config,
-            operation_timeout,
             // Random per process: ids from before a restart are unknown after it.
             instance: rand::random::<u64>() >> 16,
             next_id: AtomicU64::new(1),
@@ -85,7 +82,7 @@ impl Subscriptions {
         }
     }
 
-    fn validate(&self, r: &SubscribeRequest) -> Result<u16, Error> {
+    fn validate(&self, r: &SubscribeRequest, frame_max: usize) -> Result<u16, Error> {
         check_short("queue", &r.queue)?;
         check_short("exchange", &r.exchange)?;
         if r.queue.is_empty() && r.exchange.is_empty() {
@@ -105,6 +102,22 @@ impl Subscriptions {
             check_short("a header_match name", name)?;
             check_short("a header_match value", value)?;
         }
+        // The match goes to the broker as a binding's arguments, in one
+        // frame: over the frame size, the broker closes the connection.
+        let size: usize = r
+            .header_match
+            .iter()
+            .map(|(k, v)| 1 + k.len() + 1 + 4 + v.len())
+            .sum::<usize>()
+            + 4
+            + 3 * 256;
+        if size > frame_max {
+            return Err(Error::TooLarge {
+                what: "header_match",
+                size,
+                limit: frame_max,
+            });
+        }
         match r.prefetch {
             0 => Ok(self.config.default_prefetch),
             n if n > u32::from(self.config.max_prefetch) => Err(Error::InvalidArgument(format!(
@@ -116,8 +129,8 @@ impl Subscriptions {
     }
 
     /// Opens a subscription.
-    pub async fn open(&self, r: SubscribeRequest) -> Result<Subscription, Error> {
-        let prefetch = self.validate(&r)?;
+    pub async fn open(&self, r: SubscribeRequest, frame_max: usize) -> Result<Subscription, Error> {
+        let prefetch = self.validate(&r, frame_max)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Error::LimitReached(format!(
                 "all {} subscriptions are in use (subscribe.max_subscriptions)",
@@ -129,7 +142,6 @@ impl Subscriptions {
             exchanges: self.exchanges.clone(),
             request: r.clone(),
             prefetch,
-            timeout: self.operation_timeout,
         };
         let Opened {
             channel,

@@ -10,12 +10,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::publisher::{self, Command, Context};
+use super::session::{self, Command};
+use super::verdict::Context;
 use crate::error::Error;
 
 /// A handle on one publisher task; the task ends when all handles are gone.
 #[derive(Clone)]
-pub struct Handle(pub(super) mpsc::Sender<Command>);
+pub struct Handle(pub(in crate::bus) mpsc::Sender<Command>);
 
 struct Named {
     handle: Handle,
@@ -35,7 +36,7 @@ pub struct Publishers {
 impl Publishers {
     /// Room for `max_channels` channels in all, `reserved` of them taken by
     /// the shared channels.
-    pub(super) fn new(
+    pub(crate) fn new(
         ctx: Context,
         max_channels: usize,
         reserved: usize,
@@ -68,7 +69,7 @@ impl Publishers {
                 self.max_channels
             ))
         })?;
-        Ok(Handle(publisher::spawn(
+        Ok(Handle(session::spawn(
             self.ctx.clone(),
             permit,
             self.shutdown.clone(),

@@ -1,0 +1,119 @@
+//! Publishing: validation, then a publisher session (streams, named
+//! publishers) or the shared channels.
+//!
+//! - `validate`: what a publish must satisfy before it reaches the broker.
+//! - `session`: a publisher task owning one confirm channel, in order.
+//! - `registry`: named publishers and stream sessions, capped and reaped.
+//! - `shared`: the shared channels used by the request's own task.
+//! - `verdict`: what the broker's answer means, counted in one place.
+
+mod registry;
+mod session;
+mod shared;
+mod validate;
+mod verdict;
+
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::Bus;
+use crate::error::Error;
+use crate::message::Message;
+
+pub use registry::Handle as PublisherHandle;
+pub(super) use registry::Publishers;
+pub(super) use shared::Shared;
+pub(super) use verdict::Context;
+
+/// A message to publish and where to.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    /// `""` is the default exchange.
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// The message.
+    pub message: Message,
+    /// Return (and fail) the message when no queue is bound for it.
+    pub mandatory: bool,
+}
+
+/// A publish the broker confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The id the message was published with.
+    pub message_id: String,
+}
+
+/// A pending publish: resolves once the broker confirmed (or refused) it.
+pub type Pending = oneshot::Receiver<Result<Confirmed, Error>>;
+
+impl Bus {
+    /// Publishes one message and waits for the broker's confirm: on the
+    /// channel of the publisher named (its messages keep their order), else
+    /// on one of the shared channels.
+    pub async fn publish_unary(
+        &self,
+        publisher: Option<&str>,
+        publish: Publish,
+    ) -> Result<Confirmed, Error> {
+        let Some(name) = publisher else {
+            let _pass = self.enter_broker()?;
+            return self.publish_shared(publish).await;
+        };
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::InvalidArgument(
+                "a publisher name must be 1 to 128 bytes".into(),
+            ));
+        }
+        let publisher = self.publishers.named(name)?;
+        let pending = self.submit(&publisher, publish).await?;
+        pending.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Publishes on a shared channel (the caller holds a pass).
+    pub(super) async fn publish_shared(&self, publish: Publish) -> Result<Confirmed, Error> {
+        let started = Instant::now();
+        let publish = self.counted(self.prepare(publish).await)?;
+        self.shared.publish(&publish, None, started).await
+    }
+
+    /// A publisher of its own, for one publish stream; it closes its channel
+    /// once the handle is dropped and its messages are settled.
+    pub fn session(&self) -> Result<PublisherHandle, Error> {
+        let _pass = self.enter()?;
+        self.publishers.dedicated()
+    }
+
+    /// Validates `publish` and queues it on `publisher`, in call order.
+    /// The returned future resolves with the broker's verdict; the drain
+    /// waits for it.
+    pub async fn submit(
+        &self,
+        publisher: &PublisherHandle,
+        publish: Publish,
+    ) -> Result<Pending, Error> {
+        let started = Instant::now();
+        let pass = self.counted(self.enter_broker())?;
+        let publish = self.counted(self.prepare(publish).await)?;
+        let (reply, pending) = oneshot::channel();
+        let command = session::Command {
+            publish,
+            properties: None,
+            started,
+            reply,
+            _pass: pass,
+        };
+        if publisher.0.send(command).await.is_err() {
+            self.metrics.publish(crate::metrics::outcome::UNAVAILABLE);
+            return Err(Error::ShuttingDown);
+        }
+        Ok(pending)
+    }
+
+    /// Counts a publish that failed before reaching a channel.
+    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        result.inspect_err(|e| self.metrics.publish(verdict::outcome_of(e)))
+    }
+}

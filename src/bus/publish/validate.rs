@@ -1,0 +1,59 @@
+//! What a publish must satisfy before anything reaches the broker: every
+//! refusal the broker would answer by closing a channel (or the connection)
+//! is made here instead, for this request alone.
+
+use super::Publish;
+use crate::bus::Bus;
+use crate::error::Error;
+use crate::message::check_short;
+
+/// The largest per-message TTL the broker takes (ten years, in ms); above
+/// it, the broker closes the channel.
+pub const MAX_EXPIRATION_MS: u64 = 315_360_000_000;
+
+/// Room in a content-header frame kept for the frame's own fields and the
+/// fixed properties, beyond what [`crate::amqp::codec::properties_size`]
+/// counts.
+const HEADER_FRAME_SLACK: usize = 64;
+
+impl Bus {
+    /// Validates `publish`, gives its message an id, and checks that its
+    /// exchange exists. The caller holds a pass.
+    pub(crate) async fn prepare(&self, mut publish: Publish) -> Result<Publish, Error> {
+        check_short("exchange", &publish.exchange)?;
+        check_short("routing_key", &publish.routing_key)?;
+        let message = &publish.message;
+        message.validate(self.config.publish.max_body_bytes)?;
+        if message.expiration_ms > MAX_EXPIRATION_MS {
+            return Err(Error::InvalidArgument(format!(
+                "expiration_ms {} is above the broker's limit of {MAX_EXPIRATION_MS}",
+                message.expiration_ms
+            )));
+        }
+        // Properties and headers travel in one frame: over the negotiated
+        // frame size, the broker closes the whole connection.
+        let size = crate::amqp::codec::properties_size(message) + HEADER_FRAME_SLACK;
+        let limit = self.publish_pool.frame_max();
+        if size > limit {
+            return Err(Error::TooLarge {
+                what: "the message's properties and headers",
+                size,
+                limit,
+            });
+        }
+        if !message.user_id.is_empty() {
+            // The broker closes the channel on a user_id that is not the
+            // connection's user: refuse it here instead.
+            let user = self.publish_pool.username();
+            if user.as_deref() != Some(message.user_id.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "user_id must be empty or the broker user Warren connects as ({})",
+                    user.unwrap_or_default()
+                )));
+            }
+        }
+        publish.message.ensure_id();
+        self.exchanges.check(&publish.exchange).await?;
+        Ok(publish)
+    }
+}

@@ -1,0 +1,61 @@
+//! Subscriptions, acks and nacks.
+//!
+//! - `open`: setting up a consumer (queue, bindings, qos, basic.consume).
+//! - `consumer`: the task that owns one subscription's channel.
+//! - `settle`: what a subscription holds and how acks and nacks reach the
+//!   broker.
+//! - `delivery`: delivery ids and the attempt count.
+//! - `registry`: every subscription, and routing acks to them by id.
+
+mod consumer;
+mod delivery;
+mod open;
+mod registry;
+mod settle;
+
+use super::Bus;
+use crate::error::Error;
+
+pub(crate) use delivery::attempt;
+pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
+pub use registry::Subscription;
+pub(super) use registry::Subscriptions;
+pub use settle::Action;
+
+/// The longest delay a nack may ask for.
+pub const MAX_NACK_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;
+
+impl Bus {
+    /// Opens a subscription; deliveries flow until it is dropped.
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, Error> {
+        let _pass = self.enter()?;
+        self.subscriptions
+            .open(request, self.publish_pool.frame_max())
+            .await
+    }
+
+    /// Acks deliveries by id (all or none of one stream's ids). Answers once
+    /// the ack was sent to the broker.
+    pub async fn ack(&self, ids: &[String]) -> Result<u32, Error> {
+        let _pass = self.enter()?;
+        self.subscriptions.settle(ids, Action::Ack).await
+    }
+
+    /// Nacks deliveries: `requeue` retries them under the queue's retry
+    /// policy (after `delay_ms`, or the policy's backoff when 0; dead-lettered
+    /// once the policy's attempts are used), else they are dead-lettered.
+    pub async fn nack(&self, ids: &[String], requeue: bool, delay_ms: u32) -> Result<u32, Error> {
+        let _pass = self.enter()?;
+        if delay_ms > MAX_NACK_DELAY_MS {
+            return Err(Error::InvalidArgument(format!(
+                "delay_ms {delay_ms} is above the limit of {MAX_NACK_DELAY_MS} (30 days)"
+            )));
+        }
+        let action = if requeue {
+            Action::Retry { delay_ms }
+        } else {
+            Action::DeadLetter
+        };
+        self.subscriptions.settle(ids, action).await
+    }
+}
