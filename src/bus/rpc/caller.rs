@@ -108,10 +108,15 @@ impl Rpc {
     }
 
     /// Publishes `request` with a reply-to and waits for its reply until
-    /// `until`. The caller has validated it and checked the exchange.
-    pub async fn call(&self, request: Publish, until: Instant) -> Result<Message, Error> {
+    /// `until`, the end of the call's `timeout`. The caller has validated it
+    /// and checked the exchange.
+    pub async fn call(
+        &self,
+        request: Publish,
+        until: Instant,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
         let started = Instant::now();
-        let timeout = until.saturating_duration_since(started);
         let _permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Error::LimitReached(format!(
                 "{} calls are pending already (rpc.max_pending)",

@@ -42,7 +42,7 @@ impl Bus {
         let request = tokio::time::timeout_at(until, self.prepare(request))
             .await
             .map_err(|_| timed_out())??;
-        let reply = self.rpc.call(request, until).await;
+        let reply = self.rpc.call(request, until, timeout).await;
         // A call that timed out says nothing about the broker: the responder
         // may be slow. Broker faults count.
         self.breaker.record(&reply);
