@@ -13,6 +13,9 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// How long the listeners go on answering 503 after the drain.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A running Warren.
 pub struct Server {
     /// Where HTTP listens (the real port when configured with port 0).
@@ -118,6 +121,11 @@ impl Server {
         let until = tokio::time::Instant::now() + grace;
         info!(grace = ?grace, "shutting down");
         self.bus.drain(grace).await;
+        // Keep answering 503 (with `Connection: close`) a little longer, so
+        // that a client whose next request is already on its way over a
+        // kept-alive connection gets an answer rather than a reset.
+        let linger = LINGER.min(until.saturating_duration_since(tokio::time::Instant::now()));
+        tokio::time::sleep(linger).await;
         self.shutdown.cancel();
         let servers = async {
             for task in self.tasks {

@@ -332,34 +332,64 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Publishers that keep going until Warren stops answering.
-    let confirmed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Publishers that keep going until Warren stops answering. Each records
+    // how every request ended and whether it was sent before the signal.
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let confirmed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for worker in 0..8 {
-        let (client, http, queue, confirmed) = (
+        let (client, http, queue, confirmed, count, signalled) = (
             client.clone(),
             http.clone(),
             queue.clone(),
             confirmed.clone(),
+            count.clone(),
+            signalled.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            let mut refused_after_signal = 0;
             for i in 0.. {
+                let body = format!("{worker}-{i}");
+                let before = !signalled.load(std::sync::atomic::Ordering::SeqCst);
                 let sent = client
                     .post(format!("{http}/v1/publish"))
-                    .json(&json!({"routing_key": queue, "body": format!("{worker}-{i}")}))
+                    .json(&json!({"routing_key": queue, "body": body}))
                     .send()
                     .await;
-                match sent.map(|r| r.status().as_u16()) {
-                    Ok(200) => confirmed.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-                    _ => break,
-                };
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        confirmed.lock().unwrap().push(body);
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let retry_after = r.headers().contains_key("retry-after");
+                        assert_eq!(status, 503, "a publish during shutdown is answered 503");
+                        assert!(retry_after, "503 comes with Retry-After");
+                        assert!(
+                            r.text().await.unwrap().contains("shutting"),
+                            "the problem says why"
+                        );
+                        return (i, true);
+                    }
+                    // Once the listeners are gone, new connections are refused;
+                    // a request sent before the signal is never cut off.
+                    Err(e) => {
+                        assert!(!before, "a request sent before SIGTERM failed: {e}");
+                        refused_after_signal += 1;
+                        return (refused_after_signal, false);
+                    }
+                }
             }
+            unreachable!()
         }));
     }
-    while confirmed.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+    while count.load(std::sync::atomic::Ordering::SeqCst) < 200 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let pid = child.id();
+    signalled.store(true, std::sync::atomic::Ordering::SeqCst);
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -373,15 +403,31 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
     .unwrap()
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    let mut answered_503 = 0;
     for task in tasks {
-        task.await.unwrap();
+        let (_, was_503) = task.await.expect("no worker saw a request cut off");
+        answered_503 += usize::from(was_503);
     }
-    let confirmed = confirmed.load(std::sync::atomic::Ordering::SeqCst);
+    let confirmed = confirmed.lock().unwrap().clone();
     let got = broker.take(&queue, 100_000, Duration::from_secs(2)).await;
+    let stored: std::collections::HashSet<String> = got
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        .collect();
+    let lost: Vec<_> = confirmed.iter().filter(|b| !stored.contains(*b)).collect();
     assert!(
-        got.len() >= confirmed,
-        "{} in the queue, {confirmed} confirmed",
+        lost.is_empty(),
+        "{} confirmed publishes are not in the queue: {lost:?}",
+        lost.len()
+    );
+    eprintln!(
+        "{} confirmed, {} stored, {answered_503} of 8 workers answered 503",
+        confirmed.len(),
         got.len()
+    );
+    assert!(
+        answered_503 > 0,
+        "requests that arrive while Warren drains are answered 503"
     );
     let mut rest = Vec::new();
     while let Ok(line) = rx.try_recv() {

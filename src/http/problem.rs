@@ -93,6 +93,10 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.kind == Error::ShuttingDown.kind() {
+            // Warren is going away: the client must not reuse this connection.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(after) = self.retry_after {
             // Whole seconds, rounded up: a client that waits this long
             // finds the open period over.
