@@ -77,11 +77,14 @@ async fn the_channel_gauge_matches_the_broker_after_a_thousand_opens_and_faults(
             .await
             .unwrap()
             .into_inner();
-        broker.exchange(&doomed_exchange, ExchangeKind::Fanout).await;
+        broker
+            .exchange(&doomed_exchange, ExchangeKind::Fanout)
+            .await;
         let mut named = tonic::Request::new(request(&doomed_exchange, "", "x"));
-        named
-            .metadata_mut()
-            .insert("x-warren-publisher", format!("doomed-{round}").parse().unwrap());
+        named.metadata_mut().insert(
+            "x-warren-publisher",
+            format!("doomed-{round}").parse().unwrap(),
+        );
         let _ = client.publish(named).await;
         let channel = broker.connection.create_channel().await.unwrap();
         channel
@@ -89,7 +92,10 @@ async fn the_channel_gauge_matches_the_broker_after_a_thousand_opens_and_faults(
             .await
             .unwrap();
         channel
-            .exchange_delete(doomed_exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .exchange_delete(
+                doomed_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await
             .unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(10), doomed_sub.message())

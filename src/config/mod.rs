@@ -140,6 +140,10 @@ impl Config {
             ("rpc.channels", self.rpc.channels),
             ("dead_letters.max_list", self.dead_letters.max_list),
             ("dead_letters.max_scan", self.dead_letters.max_scan),
+            (
+                "subscribe.max_prefetch",
+                usize::from(self.subscribe.max_prefetch),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -168,19 +172,31 @@ impl Config {
                 "must be at most 536870912 (RabbitMQ's limit)",
             ));
         }
+        // Every duration that paces or bounds something; below a
+        // millisecond it would spin (a halved idle timeout of 0 panics
+        // tokio's interval) or fail every request.
         let durations = [
+            ("amqp.idle_timeout", self.amqp.idle_timeout),
             ("amqp.connect_timeout", self.amqp.connect_timeout),
             ("amqp.operation_timeout", self.amqp.operation_timeout),
             ("publish.confirm_timeout", self.publish.confirm_timeout),
+            (
+                "publish.exchange_cache_ttl",
+                self.publish.exchange_cache_ttl,
+            ),
             ("subscribe.keepalive", self.subscribe.keepalive),
             ("rpc.default_timeout", self.rpc.default_timeout),
+            ("rpc.max_timeout", self.rpc.max_timeout),
+            ("breaker.open_min", self.breaker.open_min),
+            ("breaker.open_max", self.breaker.open_max),
+            ("shutdown.grace", self.shutdown.grace),
         ];
         for (key, value) in durations {
-            if value.is_zero() {
+            if value < std::time::Duration::from_millis(2) {
                 return Err(invalid(
                     key,
                     humantime::format_duration(value),
-                    "must be above 0",
+                    "must be at least 2ms",
                 ));
             }
         }

@@ -116,8 +116,16 @@ fn counts_must_be_positive() {
     for key in [
         "AMQP__POOL_SIZE",
         "AMQP__MAX_CHANNELS",
+        "AMQP__SHARED_PUBLISHERS",
         "PUBLISH__MAX_BODY_BYTES",
+        "PUBLISH__MAX_IN_FLIGHT",
         "PUBLISH__STREAM_WINDOW",
+        "SUBSCRIBE__MAX_SUBSCRIPTIONS",
+        "RPC__MAX_PENDING",
+        "RPC__CHANNELS",
+        "DEAD_LETTERS__MAX_LIST",
+        "DEAD_LETTERS__MAX_SCAN",
+        "BREAKER__FAILURES",
     ] {
         let e = message(load_env(&[(&format!("WARREN__{key}"), "0")]));
         assert!(e.contains(&key.to_lowercase().replace("__", ".")), "{e}");
@@ -151,8 +159,34 @@ fn prefetch_bounds() {
 
 #[test]
 fn zero_durations_are_refused() {
-    let e = message(load_env(&[("WARREN__AMQP__OPERATION_TIMEOUT", "0s")]));
-    assert!(e.contains("amqp.operation_timeout"), "{e}");
+    // `amqp.idle_timeout = "0s"` used to pass and then panic the reaper.
+    for key in [
+        "AMQP__IDLE_TIMEOUT",
+        "AMQP__CONNECT_TIMEOUT",
+        "AMQP__OPERATION_TIMEOUT",
+        "PUBLISH__CONFIRM_TIMEOUT",
+        "PUBLISH__EXCHANGE_CACHE_TTL",
+        "SUBSCRIBE__KEEPALIVE",
+        "RPC__DEFAULT_TIMEOUT",
+        "RPC__MAX_TIMEOUT",
+        "BREAKER__OPEN_MIN",
+        "BREAKER__OPEN_MAX",
+        "SHUTDOWN__GRACE",
+    ] {
+        for value in ["0s", "1ms"] {
+            let e = message(load_env(&[(&format!("WARREN__{key}"), value)]));
+            let name = key.to_lowercase().replace("__", ".");
+            // Some keys are refused by a rule that names a related key first
+            // (open_max below open_min, max_timeout below default_timeout).
+            let section = name.split('.').next().unwrap();
+            assert!(e.contains(section), "{key}={value}: {e}");
+        }
+    }
+    // Each one named exactly where no other rule intervenes.
+    let e = message(load_env(&[("WARREN__AMQP__IDLE_TIMEOUT", "0s")]));
+    assert!(e.contains("amqp.idle_timeout"), "{e}");
+    let e = message(load_env(&[("WARREN__SHUTDOWN__GRACE", "0s")]));
+    assert!(e.contains("shutdown.grace"), "{e}");
 }
 
 #[test]
