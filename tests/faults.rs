@@ -396,6 +396,79 @@ async fn the_breaker_opens_fails_fast_and_closes() {
     warren.stop().await;
 }
 
+/// With the default budget (10 s) and breaker (5 failures), a new publish
+/// while the broker is away fails at once with UNAVAILABLE: it never waits
+/// out the retry budget or the client's deadline.
+#[tokio::test]
+async fn a_new_publish_fails_fast_while_the_broker_is_down() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let warren = Warren::start().await;
+    let queue = unique("fail-fast");
+    durable_queue(&queue).await;
+    let mut client = warren.grpc().await;
+    client
+        .publish(request(&queue, "before".into()))
+        .await
+        .unwrap();
+    stop_broker();
+    wait_for("readiness to fail", Duration::from_secs(10), async || {
+        !ready(&warren).await
+    })
+    .await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let mut publish = tonic::Request::new(request(&queue, format!("down-{i}")));
+        publish.set_timeout(Duration::from_secs(5));
+        let started = Instant::now();
+        let e = client.publish(publish).await.unwrap_err();
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        let response = reqwest::Client::new()
+            .post(warren.url("/v1/publish"))
+            .json(&serde_json::json!({"routing_key": queue, "body": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        let after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=30).contains(&after), "Retry-After {after}");
+        let call = CallRequest {
+            routing_key: queue.clone(),
+            message: Some(Message::default()),
+            timeout_ms: 5000,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        assert_eq!(
+            client.call(call).await.unwrap_err().code(),
+            Code::Unavailable
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("new publishes and calls failed within {slowest:?} while the broker was down");
+    // Far below the 5 s deadline and the 10 s retry budget (the contract's
+    // 100 ms is the figure to measure; this bound only rules out waiting).
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    start_broker();
+    wait_for(
+        "publishing to work again",
+        Duration::from_secs(30),
+        async || {
+            client
+                .publish(request(&queue, "after".into()))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    warren.stop().await;
+}
+
 #[tokio::test]
 async fn rpc_and_topology_recover_after_connections_drop() {
     let _serial = FAULTS.lock().await;
