@@ -4,15 +4,21 @@
 //! # Layout
 //!
 //! - [`config`]: typed configuration, layered defaults < file < environment.
-//! - [`bus`]: the core. Publishing (publishers, confirms, channel recovery)
-//!   and everything else the transports offer, as plain async calls.
-//! - [`amqp`]: the AMQP side: supervised connection pools, topology, the
-//!   codec between Warren's [`message::Message`] and AMQP properties.
+//! - [`bus`]: the core, one folder per concern with each `Bus` method beside
+//!   it: [`bus::publish`], [`bus::subscribe`], [`bus::rpc`], [`bus::retry`],
+//!   [`bus::dead_letters`]; the exchange cache, the breaker, and the one
+//!   drain gate every call passes.
+//! - [`amqp`]: the AMQP plumbing: supervised connection pools, the channel
+//!   handle and its ledger, the reopening slot, the timeout wrapper, queue
+//!   arguments, topology, and the codec between Warren's
+//!   [`message::Message`] and AMQP properties.
 //! - [`grpc`], [`http`]: thin transports; they translate requests into bus
 //!   calls and [`error::Error`]s into status codes.
-//! - [`error`]: the bus's failures and their one mapping to gRPC and HTTP.
+//! - [`error`]: the one error type (kind, origin, retryable, cause) and its
+//!   one mapping to gRPC codes and HTTP statuses.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`server`]: starts the whole thing and stops it gracefully.
+//! - [`server`]: starts the whole thing and stops it in order (drain, linger,
+//!   stop listeners, close).
 //! - [`telemetry`]: logging set-up.
 
 #![forbid(unsafe_code)]

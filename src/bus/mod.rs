@@ -13,9 +13,9 @@
 //! - [`rpc`]: request/reply with direct reply-to; `Bus::call`, `reply`.
 //! - [`retry`]: the retry policy and the broker-held delay queues.
 //! - [`dead_letters`]: list, replay and discard dead letters.
-//! - [`exchanges`]: which exchanges exist, checked before publishing.
-//! - [`breaker`]: the circuit breaker.
-//! - [`drain`] and `lifecycle`: the one gate every call passes, readiness,
+//! - `exchanges`: which exchanges exist, checked before publishing.
+//! - `breaker`: the circuit breaker.
+//! - `drain` and `lifecycle`: the one gate every call passes, readiness,
 //!   topology, and the ordered shutdown.
 
 mod breaker;
