@@ -36,7 +36,7 @@ impl Bus {
         let limit = self.publish_pool.frame_max();
         if size > limit {
             return Err(Error::TooLarge {
-                what: "the message's properties and headers",
+                what: "the properties and headers frame",
                 size,
                 limit,
             });
