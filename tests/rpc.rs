@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ack, call, next, on, problem, subscribe_with, unique, value, Broker, Sse, Warren};
+use common::{
+    ack, call, metric, next, on, problem, subscribe_with, unique, value, Broker, Sse, Warren,
+};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
@@ -242,6 +244,7 @@ async fn timeouts_and_late_replies() {
     let queue = unique("rpc-slow");
     let _seen = responder(&queue, Duration::from_millis(600)).await;
     let mut client = warren.grpc().await;
+    let late_before = metric(&warren.metrics().await, "warren_rpc_late_replies_total");
     let started = Instant::now();
     let status = client.call(call(&queue, "late", 200)).await.unwrap_err();
     // DEADLINE_EXCEEDED itself shows it did not wait for the reply (which
@@ -261,11 +264,10 @@ async fn timeouts_and_late_replies() {
         .message
         .unwrap();
     assert_eq!(&reply.body[..], b"MINE");
-    let metrics = warren.metrics().await;
-    assert!(
-        metrics.contains("warren_rpc_late_replies_total 1"),
-        "{metrics}"
-    );
+    // The late reply came meanwhile (600 ms after the first call, before
+    // this call's own): counted exactly once.
+    let late = |text: &str| metric(text, "warren_rpc_late_replies_total") - late_before;
+    assert_eq!(late(&warren.metrics().await), 1.0, "one late reply");
     // HTTP maps the timeout to 504.
     let response = reqwest::Client::new()
         .post(warren.url("/v1/call"))
@@ -281,6 +283,17 @@ async fn timeouts_and_late_replies() {
     let status = client.call(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(2));
+    // The two calls that gave up last get their replies late too: three in
+    // all, each counted once.
+    let mut total = 0.0;
+    for _ in 0..40 {
+        total = late(&warren.metrics().await);
+        if total >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total, 3.0, "three late replies");
     warren.stop().await;
 }
 
