@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ack, body, nack, next, on, quiet, subscribe_with, unique, Broker, Warren};
+use common::{ack, body, metric, nack, next, on, quiet, subscribe_with, unique, Broker, Warren};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, ExchangeKind};
 use tonic::Code;
-use warren::proto::AckRequest;
+use warren::proto::{AckRequest, SubscribeRequest};
 
 #[tokio::test]
 async fn ack_errors_unknown_settled_and_malformed_ids() {
@@ -208,6 +209,94 @@ async fn many_deliveries_acked_in_batches() {
         broker.count(&queue).await,
         0,
         "every ack reached the broker"
+    );
+    warren.stop().await;
+}
+
+/// A subscription with an exchange and no queue consumes a temporary,
+/// server-named queue of its own. It has no delay queue (it vanishes with its
+/// connection): a requeue goes back through the broker, to the same stream.
+#[tokio::test]
+async fn a_requeue_on_a_temporary_queue_comes_back_to_the_same_stream() {
+    let warren = Warren::start().await;
+    let broker = Broker::connect().await;
+    let exchange = unique("temp-requeue");
+    broker.exchange(&exchange, ExchangeKind::Fanout).await;
+    let mut client = warren.grpc().await;
+    let temporary = SubscribeRequest {
+        exchange: exchange.clone(),
+        prefetch: 5,
+        ..Default::default()
+    };
+    let mut stream = subscribe_with(&mut client, temporary).await;
+    broker
+        .publish(&exchange, "", b"again", BasicProperties::default())
+        .await;
+    let first = next(&mut stream).await;
+    assert_eq!(first.attempt, 1);
+    assert!(!first.redelivered);
+    assert!(first.queue.starts_with("amq.gen-"), "{}", first.queue);
+    let before = warren.metrics().await;
+    nack(&mut client, &first, true, 0).await;
+    let second = next(&mut stream).await;
+    assert_eq!(body(&second), "again");
+    assert_eq!(second.attempt, 2);
+    assert!(second.redelivered);
+    assert_eq!(second.queue, first.queue, "from the same temporary queue");
+    assert_eq!(second.exchange, exchange);
+    assert_ne!(second.delivery_id, first.delivery_id);
+    let after = warren.metrics().await;
+    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    assert_eq!(delta("warren_nacks_total{requeue=\"true\"}"), 1.0);
+    assert_eq!(delta("warren_retries_total"), 1.0);
+    assert_eq!(delta("warren_dead_lettered_total"), 0.0);
+    // The nacked id is settled; the redelivery is acked for good.
+    let status = client
+        .ack(AckRequest {
+            delivery_ids: vec![first.delivery_id.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    ack(&mut client, &second).await;
+    assert!(quiet(&mut stream, Duration::from_millis(300)).await);
+    warren.stop().await;
+}
+
+/// Every requeue on a temporary queue counts one more attempt, and the
+/// retry policy's `max_attempts` ends the loop there as on any other queue.
+#[tokio::test]
+#[ignore = "defect: a temporary (amq.gen-*) queue is requeued by the broker, which only sets \
+            `redelivered` (no x-delivery-count on a classic queue, no x-warren-attempt): \
+            every redelivery reports attempt 2 ([1, 2, 2]), so max_attempts never ends the loop"]
+async fn requeues_on_a_temporary_queue_count_every_attempt_up_to_max_attempts() {
+    let config = common::config_with(&[("WARREN__RETRY__MAX_ATTEMPTS", "3")]);
+    let warren = Warren::start_with(config).await;
+    let broker = Broker::connect().await;
+    let exchange = unique("temp-attempts");
+    broker.exchange(&exchange, ExchangeKind::Fanout).await;
+    let mut client = warren.grpc().await;
+    let temporary = SubscribeRequest {
+        exchange: exchange.clone(),
+        prefetch: 5,
+        ..Default::default()
+    };
+    let mut stream = subscribe_with(&mut client, temporary).await;
+    broker
+        .publish(&exchange, "", b"loop", BasicProperties::default())
+        .await;
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut stream).await;
+        attempts.push(d.attempt);
+        nack(&mut client, &d, true, 0).await;
+    }
+    assert_eq!(attempts, vec![1, 2, 3]);
+    // The third requeue used the last attempt: dead-lettered (dropped, for a
+    // temporary queue without a dead-letter exchange), not delivered again.
+    assert!(
+        quiet(&mut stream, Duration::from_millis(500)).await,
+        "no fourth attempt"
     );
     warren.stop().await;
 }
