@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::{problem, unique, Broker, Warren};
 use lapin::types::AMQPValue;
+use reqwest::header::HeaderValue;
 use serde_json::json;
 
 #[tokio::test]
@@ -113,6 +114,56 @@ async fn raw_publish_keeps_bytes_and_content_type() {
         .unwrap();
     let (status, body) = problem(response).await;
     assert_eq!(status, 422, "{body}");
+    warren.stop().await;
+}
+
+/// HTTP header values may carry bytes past ASCII (obs-text), UTF-8 text
+/// among them. Warren takes `x-warren-header-*` values as visible ASCII only:
+/// a raw publish with any other byte is refused with 400, naming the header,
+/// and publishes nothing. The JSON endpoint's `headers` carry such text.
+#[tokio::test]
+async fn raw_publish_refuses_non_ascii_header_values() {
+    let warren = Warren::start().await;
+    let broker = Broker::connect().await;
+    let queue = unique("http-raw-utf8");
+    broker.queue(&queue).await;
+    let http = reqwest::Client::new();
+    let values: [&[u8]; 3] = ["Zürich".as_bytes(), "東京".as_bytes(), b"M\xfcnchen"];
+    for value in values {
+        let response = http
+            .post(warren.url(&format!("/v1/publish/amq.default/{queue}")))
+            .header(
+                "x-warren-header-city",
+                HeaderValue::from_bytes(value).unwrap(),
+            )
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(response).await;
+        assert_eq!(status, 400, "{value:?}: {body}");
+        assert_eq!(body["type"], "urn:warren:problem:invalid-argument");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("x-warren-header-city"),
+            "{body}"
+        );
+    }
+    assert!(broker.is_empty(&queue).await, "nothing was published");
+    let response = http
+        .post(warren.url("/v1/publish"))
+        .json(&json!({"routing_key": queue, "body": "x", "headers": {"city": "Zürich"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let got = broker.take(&queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got[0].properties.headers().as_ref().unwrap().inner()["city"],
+        AMQPValue::LongString("Zürich".as_bytes().into())
+    );
     warren.stop().await;
 }
 

@@ -4,77 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{problem, unique, Broker, Warren};
-use futures::StreamExt;
-use lapin::options::BasicPublishOptions;
+use common::{problem, unique, Broker, Sse, Warren};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
-
-async fn fill(broker: &Broker, queue: &str, bodies: &[&[u8]]) {
-    for body in bodies {
-        broker
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_content_type("text/plain".into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-}
-
-/// Reads a Server-Sent Events body: events as (id, data) and comment lines.
-struct Sse {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-    comments: usize,
-}
-
-impl Sse {
-    async fn open(url: &str) -> Self {
-        let response = reqwest::get(url).await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Self {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-            comments: 0,
-        }
-    }
-
-    /// The next event (id, data as JSON), or None at the end of the stream.
-    async fn next(&mut self, wait: Duration) -> Option<(String, Value)> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut data) = (String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data = v.trim().to_owned();
-                    } else if line.starts_with(':') {
-                        self.comments += 1;
-                    }
-                }
-                if !data.is_empty() {
-                    return Some((id, serde_json::from_str(&data).expect("one-line JSON")));
-                }
-            }
-            match tokio::time::timeout_at(deadline, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
-                Ok(_) => return None,
-                Err(_) => panic!("no event within {wait:?}"),
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn sse_delivers_acks_and_nacks() {
@@ -82,7 +14,9 @@ async fn sse_delivers_acks_and_nacks() {
     let broker = Broker::connect().await;
     let queue = unique("sse");
     broker.queue(&queue).await;
-    fill(&broker, &queue, &[b"one", &[0xff, 0x00], b"three"]).await;
+    broker
+        .fill_text(&queue, &[b"one", &[0xff, 0x00], b"three"])
+        .await;
     let mut sse = Sse::open(&warren.url(&format!("/v1/subscribe/{queue}?prefetch=10"))).await;
     let (id1, d1) = sse.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(d1["delivery_id"], id1);
@@ -166,7 +100,7 @@ async fn closing_the_connection_returns_unacked_deliveries() {
     let broker = Broker::connect().await;
     let queue = unique("sse-close");
     broker.queue(&queue).await;
-    fill(&broker, &queue, &[b"a", b"b"]).await;
+    broker.fill_text(&queue, &[b"a", b"b"]).await;
     let mut sse = Sse::open(&warren.url(&format!("/v1/subscribe/{queue}"))).await;
     sse.next(Duration::from_secs(5)).await.unwrap();
     sse.next(Duration::from_secs(5)).await.unwrap();
@@ -192,7 +126,7 @@ async fn idle_streams_get_keepalive_comments() {
     broker.queue(&queue).await;
     let mut sse = Sse::open(&warren.url(&format!("/v1/subscribe/{queue}"))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    fill(&broker, &queue, &[b"late"]).await;
+    broker.fill_text(&queue, &[b"late"]).await;
     let (_, d) = sse.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(d["message"]["body"], "late");
     assert!(sse.comments >= 2, "{} keep-alive comments", sse.comments);
@@ -210,18 +144,8 @@ async fn sse_broadcast_through_an_exchange() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let key = format!("sse.test.{}", uuid::Uuid::new_v4().simple());
     broker
-        .channel
-        .basic_publish(
-            "amq.topic".into(),
-            key.as_str().into(),
-            BasicPublishOptions::default(),
-            b"hi all",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .publish("amq.topic", &key, b"hi all", BasicProperties::default())
+        .await;
     for sse in [&mut a, &mut b] {
         let (_, d) = sse.next(Duration::from_secs(5)).await.unwrap();
         assert_eq!(d["message"]["body"], "hi all");
@@ -292,18 +216,13 @@ async fn sse_header_matching() {
             lapin::types::AMQPValue::LongString(tier.into()),
         );
         broker
-            .channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
+            .publish(
+                &exchange,
+                "",
                 text.as_bytes(),
                 BasicProperties::default().with_headers(h),
             )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+            .await;
     }
     let (_, d) = eu.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(d["message"]["body"], "yes");

@@ -7,13 +7,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{metric, unique, Broker, Warren};
+use common::{
+    ack, call, metric, nack, next, on, publish, request, subscribe, subscribe_with, unique, Broker,
+    Warren,
+};
 use prost_types::value::Kind;
 use serde_json::json;
 use tonic::Code;
-use warren::proto::{
-    AckRequest, CallRequest, Message, NackRequest, PublishRequest, ReplyRequest, SubscribeRequest,
-};
+use warren::proto::{AckRequest, Message, ReplyRequest};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -103,53 +104,22 @@ async fn metrics_count_deliveries_acks_nacks_and_calls_exactly() {
     let mut client = warren.grpc().await;
     let before = warren.metrics().await;
     for i in 0..6 {
-        let body = format!("{i}").into_bytes().into();
-        client
-            .publish(PublishRequest {
-                routing_key: queue.clone(),
-                message: Some(Message {
-                    body,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        publish(&mut client, &queue, &i.to_string()).await;
     }
-    let mut stream = common::subscribe(&mut client, &queue).await;
-    let mut ids = Vec::new();
+    let mut stream = subscribe(&mut client, &queue).await;
+    let mut got = Vec::new();
     for _ in 0..6 {
-        ids.push(stream.message().await.unwrap().unwrap().delivery_id);
+        got.push(next(&mut stream).await);
     }
     client
         .ack(AckRequest {
-            delivery_ids: ids[..4].to_vec(),
+            delivery_ids: got[..4].iter().map(|d| d.delivery_id.clone()).collect(),
         })
         .await
         .unwrap();
-    client
-        .nack(NackRequest {
-            delivery_ids: vec![ids[4].clone()],
-            requeue: false,
-            delay_ms: 0,
-        })
-        .await
-        .unwrap();
-    client
-        .nack(NackRequest {
-            delivery_ids: vec![ids[5].clone()],
-            requeue: false,
-            delay_ms: 0,
-        })
-        .await
-        .unwrap();
-    let call = CallRequest {
-        routing_key: unique("nobody"),
-        message: Some(Message::default()),
-        timeout_ms: 1000,
-        ..Default::default()
-    };
-    let _ = client.call(call).await;
+    nack(&mut client, &got[4], false, 0).await;
+    nack(&mut client, &got[5], false, 0).await;
+    let _ = client.call(call(&unique("nobody"), "", 1000)).await;
     let after = warren.metrics().await;
     let delta = |name: &str| metric(&after, name) - metric(&before, name);
     assert_eq!(delta("warren_publish_total{outcome=\"confirmed\"}"), 6.0);
@@ -176,18 +146,14 @@ async fn trace_context_crosses_the_bus() {
     broker.queue(&queue).await;
     let mut client = warren.grpc().await;
     // gRPC publish: metadata into the AMQP headers.
-    let mut request = tonic::Request::new(PublishRequest {
-        routing_key: queue.clone(),
-        message: Some(Message::default()),
-        ..Default::default()
-    });
-    request
+    let mut traced = tonic::Request::new(request("", &queue, b""));
+    traced
         .metadata_mut()
         .insert("traceparent", TRACEPARENT.parse().unwrap());
-    request
+    traced
         .metadata_mut()
         .insert("tracestate", "vendor=abc".parse().unwrap());
-    client.publish(request).await.unwrap();
+    client.publish(traced).await.unwrap();
     // HTTP publish: headers into the AMQP headers.
     let response = reqwest::Client::new()
         .post(warren.url("/v1/publish"))
@@ -198,34 +164,22 @@ async fn trace_context_crosses_the_bus() {
         .unwrap();
     assert_eq!(response.status(), 200);
     // Out on deliveries.
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            queue: queue.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_with(&mut client, on(&queue, 0)).await;
     for _ in 0..2 {
-        let d = stream.message().await.unwrap().unwrap();
+        let d = next(&mut stream).await;
         let h = &d.message.as_ref().unwrap().headers;
         assert_eq!(
             h["traceparent"].kind,
             Some(Kind::StringValue(TRACEPARENT.into()))
         );
-        client
-            .ack(AckRequest {
-                delivery_ids: vec![d.delivery_id],
-            })
-            .await
-            .unwrap();
+        ack(&mut client, &d).await;
     }
     // A call carries it to the responder; the reply carries the responder's.
     let responder_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let server = tokio::spawn({
         let mut client = client.clone();
         async move {
-            let d = stream.message().await.unwrap().unwrap();
+            let d = next(&mut stream).await;
             let h = d.message.as_ref().unwrap().headers.clone();
             let mut reply = tonic::Request::new(ReplyRequest {
                 delivery_id: d.delivery_id,
@@ -238,16 +192,12 @@ async fn trace_context_crosses_the_bus() {
             h
         }
     });
-    let mut call = tonic::Request::new(CallRequest {
-        routing_key: queue.clone(),
-        message: Some(Message::default()),
-        timeout_ms: 5000,
-        ..Default::default()
-    });
-    call.metadata_mut()
+    let mut traced = tonic::Request::new(call(&queue, "", 5000));
+    traced
+        .metadata_mut()
         .insert("traceparent", TRACEPARENT.parse().unwrap());
     let reply = client
-        .call(call)
+        .call(traced)
         .await
         .unwrap()
         .into_inner()
@@ -263,11 +213,7 @@ async fn trace_context_crosses_the_bus() {
         Some(Kind::StringValue(TRACEPARENT.into()))
     );
     // A malformed traceparent is refused.
-    let mut bad = tonic::Request::new(PublishRequest {
-        routing_key: queue.clone(),
-        message: Some(Message::default()),
-        ..Default::default()
-    });
+    let mut bad = tonic::Request::new(request("", &queue, b""));
     bad.metadata_mut()
         .insert("traceparent", "00-nope".parse().unwrap());
     assert_eq!(

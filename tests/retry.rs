@@ -5,14 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{subscribe, unique, Broker, Warren};
+use common::{ack, body, nack, next, next_within, publish, subscribe, unique, Broker, Warren};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
-use tonic::Streaming;
-use warren::proto::bus_client::BusClient;
-use warren::proto::{AckRequest, Delivery, Message, NackRequest, PublishRequest, SubscribeRequest};
+use warren::proto::SubscribeRequest;
 
 /// Warren with `queue` declared from config (so it gets `<queue>.dlq`) and a
 /// retry policy of its own for it.
@@ -23,64 +20,6 @@ async fn warren_with_queue(queue: &str, kind: &str, max_attempts: u32) -> Warren
     Warren::start_with(config).await
 }
 
-async fn cleanup(broker: &Broker, queues: &[String]) {
-    for q in queues {
-        let _ = broker
-            .channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
-}
-
-async fn publish(client: &mut BusClient<Channel>, queue: &str, body: &str) -> String {
-    let request = PublishRequest {
-        routing_key: queue.into(),
-        message: Some(Message {
-            body: body.as_bytes().to_vec().into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    client
-        .publish(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .message_id
-}
-
-async fn next(stream: &mut Streaming<Delivery>, wait: Duration) -> Delivery {
-    tokio::time::timeout(wait, stream.message())
-        .await
-        .expect("a delivery in time")
-        .unwrap()
-        .unwrap()
-}
-
-async fn nack(client: &mut BusClient<Channel>, d: &Delivery, requeue: bool, delay_ms: u32) {
-    client
-        .nack(NackRequest {
-            delivery_ids: vec![d.delivery_id.clone()],
-            requeue,
-            delay_ms,
-        })
-        .await
-        .unwrap();
-}
-
-async fn ready_in(broker: &Broker, queue: &str) -> Option<u32> {
-    let channel = broker.connection.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .ok()
-        .map(|q| q.message_count())
-}
-
 #[tokio::test]
 async fn requeued_messages_wait_in_the_broker_and_come_back_with_the_next_attempt() {
     let queue = unique("retry");
@@ -89,7 +28,7 @@ async fn requeued_messages_wait_in_the_broker_and_come_back_with_the_next_attemp
     let mut client = warren.grpc().await;
     let mut stream = subscribe(&mut client, &queue).await;
     publish(&mut client, &queue, "job").await;
-    let first = next(&mut stream, Duration::from_secs(5)).await;
+    let first = next(&mut stream).await;
     assert_eq!(first.attempt, 1);
     let nacked = Instant::now();
     nack(&mut client, &first, true, 2000).await;
@@ -97,14 +36,14 @@ async fn requeued_messages_wait_in_the_broker_and_come_back_with_the_next_attemp
     let delay_queue = format!("{queue}.retry.2048");
     let mut held = false;
     for _ in 0..20 {
-        if ready_in(&broker, &delay_queue).await == Some(1) {
+        if broker.ready(&delay_queue).await == Some(1) {
             held = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(held, "the message waits in {delay_queue}");
-    let second = next(&mut stream, Duration::from_secs(15)).await;
+    let second = next_within(&mut stream, Duration::from_secs(15)).await;
     assert!(
         nacked.elapsed() >= Duration::from_millis(1800),
         "not before its delay: {:?}",
@@ -125,21 +64,18 @@ async fn requeued_messages_wait_in_the_broker_and_come_back_with_the_next_attemp
     // The policy's backoff (300 ms to 1 s) when no delay is given.
     let nacked = Instant::now();
     nack(&mut client, &second, true, 0).await;
-    let third = next(&mut stream, Duration::from_secs(15)).await;
+    let third = next_within(&mut stream, Duration::from_secs(15)).await;
     assert!(
         nacked.elapsed() >= Duration::from_millis(250),
         "{:?}",
         nacked.elapsed()
     );
     assert_eq!(third.attempt, 3);
-    client
-        .ack(AckRequest {
-            delivery_ids: vec![third.delivery_id],
-        })
-        .await
-        .unwrap();
+    ack(&mut client, &third).await;
     drop(stream);
-    cleanup(&broker, &[queue.clone(), format!("{queue}.dlq")]).await;
+    broker
+        .delete_queues(&[queue.clone(), format!("{queue}.dlq")])
+        .await;
     warren.stop().await;
 }
 
@@ -155,14 +91,9 @@ async fn poison_messages_end_in_the_dead_letter_queue_and_replay_from_it() {
     let good = publish(&mut client, &queue, "fine").await;
     let mut attempts = Vec::new();
     loop {
-        let d = next(&mut stream, Duration::from_secs(15)).await;
+        let d = next_within(&mut stream, Duration::from_secs(15)).await;
         if d.message.as_ref().unwrap().message_id == good {
-            client
-                .ack(AckRequest {
-                    delivery_ids: vec![d.delivery_id],
-                })
-                .await
-                .unwrap();
+            ack(&mut client, &d).await;
             continue;
         }
         attempts.push(d.attempt);
@@ -230,7 +161,7 @@ async fn poison_messages_end_in_the_dead_letter_queue_and_replay_from_it() {
         .unwrap();
     assert_eq!(replayed["replayed"], 1, "{replayed}");
     assert_eq!(replayed["missing"], json!(["no-such-id"]));
-    let d = next(&mut stream, Duration::from_secs(10)).await;
+    let d = next_within(&mut stream, Duration::from_secs(10)).await;
     let m = d.message.as_ref().unwrap();
     assert_eq!(&m.body[..], b"cured");
     assert_eq!(m.message_id, id, "the id is kept");
@@ -240,19 +171,14 @@ async fn poison_messages_end_in_the_dead_letter_queue_and_replay_from_it() {
         m.headers["fixed-by"].kind,
         Some(prost_types::value::Kind::StringValue("ops".into()))
     );
-    client
-        .ack(AckRequest {
-            delivery_ids: vec![d.delivery_id],
-        })
-        .await
-        .unwrap();
+    ack(&mut client, &d).await;
     assert_eq!(
-        ready_in(&broker, &dlq).await,
+        broker.ready(&dlq).await,
         Some(0),
         "it left the dead-letter queue"
     );
     drop(stream);
-    cleanup(&broker, &[queue.clone(), dlq]).await;
+    broker.delete_queues(&[queue.clone(), dlq]).await;
     warren.stop().await;
 }
 
@@ -269,13 +195,13 @@ async fn discard_and_dead_letter_errors() {
         ids.push(publish(&mut client, &queue, &format!("m{i}")).await);
     }
     for _ in 0..3 {
-        let d = next(&mut stream, Duration::from_secs(5)).await;
+        let d = next(&mut stream).await;
         nack(&mut client, &d, false, 0).await; // straight to the dead-letter queue
     }
     let http = reqwest::Client::new();
     let url = warren.url(&format!("/v1/dead-letters/{dlq}"));
     for _ in 0..50 {
-        if ready_in(&broker, &dlq).await == Some(3) {
+        if broker.ready(&dlq).await == Some(3) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -290,7 +216,7 @@ async fn discard_and_dead_letter_errors() {
         .await
         .unwrap();
     assert_eq!(discarded["discarded"], 1);
-    assert_eq!(ready_in(&broker, &dlq).await, Some(2));
+    assert_eq!(broker.ready(&dlq).await, Some(2));
     let replayed: Value = http
         .post(format!("{url}/replay"))
         .json(&json!({"all": true}))
@@ -302,24 +228,8 @@ async fn discard_and_dead_letter_errors() {
         .unwrap();
     assert_eq!(replayed["replayed"], 2);
     let mut back = vec![
-        String::from_utf8(
-            next(&mut stream, Duration::from_secs(5))
-                .await
-                .message
-                .unwrap()
-                .body
-                .to_vec(),
-        )
-        .unwrap(),
-        String::from_utf8(
-            next(&mut stream, Duration::from_secs(5))
-                .await
-                .message
-                .unwrap()
-                .body
-                .to_vec(),
-        )
-        .unwrap(),
+        body(&next(&mut stream).await),
+        body(&next(&mut stream).await),
     ];
     back.sort();
     assert_eq!(back, vec!["m1", "m2"]);
@@ -392,7 +302,7 @@ async fn discard_and_dead_letter_errors() {
         400
     );
     drop(stream);
-    cleanup(&broker, &[queue.clone(), dlq]).await;
+    broker.delete_queues(&[queue.clone(), dlq]).await;
     warren.stop().await;
 }
 
@@ -425,7 +335,7 @@ async fn warren_declared_queues_get_dead_letter_queues_with_safe_arguments() {
         )
         .await
         .expect("a quorum queue that dead-letters at least once to <queue>.dlq");
-    assert!(ready_in(&broker, &format!("{queue}.dlq")).await.is_some());
+    assert!(broker.ready(&format!("{queue}.dlq")).await.is_some());
     // A named queue that a subscription declares gets one too.
     let named = unique("sub-declared");
     let mut client = warren.grpc().await;
@@ -438,17 +348,15 @@ async fn warren_declared_queues_get_dead_letter_queues_with_safe_arguments() {
         })
         .await
         .unwrap();
-    assert!(ready_in(&broker, &format!("{named}.dlq")).await.is_some());
+    assert!(broker.ready(&format!("{named}.dlq")).await.is_some());
     drop(stream);
-    cleanup(
-        &broker,
-        &[
+    broker
+        .delete_queues(&[
             queue.clone(),
             format!("{queue}.dlq"),
             named.clone(),
             format!("{named}.dlq"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     warren.stop().await;
 }

@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{problem, unique, Broker, Warren};
+use common::{
+    ack, call, metric, next, on, problem, subscribe_with, unique, value, Broker, Sse, Warren,
+};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
@@ -14,7 +16,7 @@ use lapin::{BasicProperties, Connection};
 use prost_types::value::Kind;
 use serde_json::json;
 use tonic::Code;
-use warren::proto::{CallRequest, Message, ReplyRequest, SubscribeRequest};
+use warren::proto::{Message, ReplyRequest};
 
 /// A plain AMQP responder: replies to every request on `queue` with the body
 /// upper-cased and a header, after `delay`. Returns what it saw of each request.
@@ -77,18 +79,6 @@ async fn responder(
     rx
 }
 
-fn call(routing_key: &str, body: &str, timeout_ms: u32) -> CallRequest {
-    CallRequest {
-        exchange: String::new(),
-        routing_key: routing_key.into(),
-        message: Some(Message {
-            body: body.as_bytes().to_vec().into(),
-            ..Default::default()
-        }),
-        timeout_ms,
-    }
-}
-
 #[tokio::test]
 async fn warren_caller_with_a_plain_amqp_responder() {
     let warren = Warren::start().await;
@@ -96,12 +86,12 @@ async fn warren_caller_with_a_plain_amqp_responder() {
     let mut seen = responder(&queue, Duration::ZERO).await;
     let mut client = warren.grpc().await;
     let mut request = call(&queue, "ping", 2000);
-    request.message.as_mut().unwrap().headers.insert(
-        "tenant".into(),
-        prost_types::Value {
-            kind: Some(Kind::StringValue("acme".into())),
-        },
-    );
+    request
+        .message
+        .as_mut()
+        .unwrap()
+        .headers
+        .insert("tenant".into(), value(Kind::StringValue("acme".into())));
     let reply = client
         .call(request)
         .await
@@ -163,36 +153,17 @@ async fn plain_amqp_caller_with_a_warren_responder() {
     let props = BasicProperties::default()
         .with_reply_to(reply_queue.name().clone())
         .with_correlation_id("corr-42".into());
-    broker
-        .channel
-        .basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            b"question",
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let request = tokio::time::timeout(Duration::from_secs(5), requests.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    broker.publish("", &queue, b"question", props).await;
+    let request = next(&mut requests).await;
     assert_eq!(request.reply_to, reply_queue.name().as_str());
     let mut answer = Message {
         body: b"answer".to_vec().into(),
         content_type: "text/plain".into(),
         ..Default::default()
     };
-    answer.headers.insert(
-        "n".into(),
-        prost_types::Value {
-            kind: Some(Kind::NumberValue(7.0)),
-        },
-    );
+    answer
+        .headers
+        .insert("n".into(), value(Kind::NumberValue(7.0)));
     client
         .reply(ReplyRequest {
             delivery_id: request.delivery_id.clone(),
@@ -238,29 +209,20 @@ async fn http_call_and_reply_between_two_warren_clients() {
     let queue = unique("rpc-http");
     broker.queue(&queue).await;
     let http = reqwest::Client::new();
-    // The responder reads requests over SSE and answers over POST /v1/reply.
-    let sse_url = warren.url(&format!("/v1/subscribe/{queue}"));
+    // The responder reads requests over SSE and answers over POST /v1/reply
+    // (the SSE response comes once its consumer is registered).
+    let mut sse = Sse::open(&warren.url(&format!("/v1/subscribe/{queue}"))).await;
     let reply_url = warren.url("/v1/reply");
     let server = tokio::spawn({
         let http = http.clone();
         async move {
-            let mut body = reqwest::get(sse_url).await.unwrap().bytes_stream();
-            let mut buffer = String::new();
-            loop {
-                buffer.push_str(std::str::from_utf8(&body.next().await.unwrap().unwrap()).unwrap());
-                if let Some(line) = buffer.lines().find(|l| l.starts_with("data:")) {
-                    let delivery: serde_json::Value =
-                        serde_json::from_str(line[5..].trim()).unwrap();
-                    let text = delivery["message"]["body"].as_str().unwrap().to_owned();
-                    let answer = json!({"delivery_id": delivery["delivery_id"], "body": {"echo": text}, "headers": {"ok": true}});
-                    let response = http.post(reply_url).json(&answer).send().await.unwrap();
-                    assert_eq!(response.status(), 200);
-                    return;
-                }
-            }
+            let (_, delivery) = sse.next(Duration::from_secs(5)).await.unwrap();
+            let text = delivery["message"]["body"].as_str().unwrap().to_owned();
+            let answer = json!({"delivery_id": delivery["delivery_id"], "body": {"echo": text}, "headers": {"ok": true}});
+            let response = http.post(reply_url).json(&answer).send().await.unwrap();
+            assert_eq!(response.status(), 200);
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let response = http
         .post(warren.url("/v1/call"))
         .json(&json!({"routing_key": queue, "body": "hello", "timeout_ms": 5000}))
@@ -282,6 +244,7 @@ async fn timeouts_and_late_replies() {
     let queue = unique("rpc-slow");
     let _seen = responder(&queue, Duration::from_millis(600)).await;
     let mut client = warren.grpc().await;
+    let late_before = metric(&warren.metrics().await, "warren_rpc_late_replies_total");
     let started = Instant::now();
     let status = client.call(call(&queue, "late", 200)).await.unwrap_err();
     // DEADLINE_EXCEEDED itself shows it did not wait for the reply (which
@@ -301,11 +264,10 @@ async fn timeouts_and_late_replies() {
         .message
         .unwrap();
     assert_eq!(&reply.body[..], b"MINE");
-    let metrics = warren.metrics().await;
-    assert!(
-        metrics.contains("warren_rpc_late_replies_total 1"),
-        "{metrics}"
-    );
+    // The late reply came meanwhile (600 ms after the first call, before
+    // this call's own): counted exactly once.
+    let late = |text: &str| metric(text, "warren_rpc_late_replies_total") - late_before;
+    assert_eq!(late(&warren.metrics().await), 1.0, "one late reply");
     // HTTP maps the timeout to 504.
     let response = reqwest::Client::new()
         .post(warren.url("/v1/call"))
@@ -321,6 +283,17 @@ async fn timeouts_and_late_replies() {
     let status = client.call(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(2));
+    // The two calls that gave up last get their replies late too: three in
+    // all, each counted once.
+    let mut total = 0.0;
+    for _ in 0..40 {
+        total = late(&warren.metrics().await);
+        if total >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total, 3.0, "three late replies");
     warren.stop().await;
 }
 
@@ -375,28 +348,11 @@ async fn reply_errors() {
     let queue = unique("rpc-noreply");
     broker.queue(&queue).await;
     broker
-        .channel
-        .basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            b"fire and forget",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .publish("", &queue, b"fire and forget", BasicProperties::default())
+        .await;
     let mut client = warren.grpc().await;
-    let mut stream = client
-        .subscribe(SubscribeRequest {
-            queue: queue.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let d = stream.message().await.unwrap().unwrap();
+    let mut stream = subscribe_with(&mut client, on(&queue, 0)).await;
+    let d = next(&mut stream).await;
     let reply = |id: &str| ReplyRequest {
         delivery_id: id.into(),
         message: Some(Message::default()),
@@ -418,12 +374,7 @@ async fn reply_errors() {
         Code::NotFound
     );
     // Nothing was settled: the delivery can still be acked.
-    client
-        .ack(warren::proto::AckRequest {
-            delivery_ids: vec![d.delivery_id],
-        })
-        .await
-        .unwrap();
+    ack(&mut client, &d).await;
     let response = reqwest::Client::new()
         .post(warren.url("/v1/reply"))
         .json(&json!({"delivery_id": "junk", "body": "x"}))

@@ -5,14 +5,19 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use prost_types::value::Kind;
 use tonic::transport::Channel as GrpcChannel;
 use tonic::Streaming;
 use warren::config::Config;
 use warren::proto::bus_client::BusClient;
-use warren::proto::{Delivery, SubscribeRequest};
+use warren::proto::{
+    AckRequest, CallRequest, Delivery, Message, NackRequest, PublishRequest, SubscribeRequest,
+};
 use warren::server::Server;
 
 /// The broker the tests use (the local one unless `WARREN_TEST_AMQP_URL`).
@@ -208,21 +213,82 @@ impl Broker {
         out
     }
 
-    /// How many messages are ready in `queue`.
+    /// How many messages are ready in `queue` (not those delivered and
+    /// unacked).
     pub async fn count(&self, queue: &str) -> u32 {
+        self.ready(queue).await.expect("queue exists")
+    }
+
+    /// How many messages are ready in `queue`, or None when it does not exist
+    /// (asked on a channel of its own: a failed passive declare closes it).
+    pub async fn ready(&self, queue: &str) -> Option<u32> {
         let channel = self.connection.create_channel().await.expect("channel");
-        let q = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .ok()
+            .map(|q| q.message_count());
+        let _ = channel.close(200, "done".into()).await;
+        declared
+    }
+
+    /// Publishes one message as a plain AMQP client and waits for the
+    /// broker to take it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
             )
             .await
-            .expect("queue exists");
-        q.message_count()
+            .expect("published")
+            .await
+            .expect("taken by the broker");
+    }
+
+    /// Puts `n` messages with the bodies "0", "1", ... into `queue`.
+    pub async fn fill(&self, queue: &str, n: usize) {
+        for i in 0..n {
+            self.publish(
+                "",
+                queue,
+                i.to_string().as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+        }
+    }
+
+    /// Puts messages with these bodies, as text/plain, into `queue`.
+    pub async fn fill_text(&self, queue: &str, bodies: &[&[u8]]) {
+        let text = BasicProperties::default().with_content_type("text/plain".into());
+        for body in bodies {
+            self.publish("", queue, body, text.clone()).await;
+        }
+    }
+
+    /// Deletes the queues (those left over by a test that declared them
+    /// without an expiry); a missing one is no error.
+    pub async fn delete_queues(&self, queues: &[String]) {
+        for queue in queues {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
     }
 
     /// Whether the queue holds nothing right now (a quick get).
@@ -238,15 +304,124 @@ impl Broker {
 
 /// A stream of deliveries from `queue`, prefetch 10.
 pub async fn subscribe(client: &mut BusClient<GrpcChannel>, queue: &str) -> Streaming<Delivery> {
+    subscribe_with(client, on(queue, 10)).await
+}
+
+/// A stream of deliveries for `request`.
+pub async fn subscribe_with(
+    client: &mut BusClient<GrpcChannel>,
+    request: SubscribeRequest,
+) -> Streaming<Delivery> {
     client
-        .subscribe(SubscribeRequest {
-            queue: queue.into(),
-            prefetch: 10,
-            ..Default::default()
-        })
+        .subscribe(request)
         .await
         .expect("subscribed")
         .into_inner()
+}
+
+/// A subscription to `queue` with `prefetch`.
+pub fn on(queue: &str, prefetch: u32) -> SubscribeRequest {
+    SubscribeRequest {
+        queue: queue.into(),
+        prefetch,
+        ..Default::default()
+    }
+}
+
+/// The next delivery, within 5 s.
+pub async fn next(stream: &mut Streaming<Delivery>) -> Delivery {
+    next_within(stream, Duration::from_secs(5)).await
+}
+
+/// The next delivery, within `wait`.
+pub async fn next_within(stream: &mut Streaming<Delivery>, wait: Duration) -> Delivery {
+    tokio::time::timeout(wait, stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("a delivery within {wait:?}"))
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// Nothing more arrives within `wait`.
+pub async fn quiet(stream: &mut Streaming<Delivery>, wait: Duration) -> bool {
+    tokio::time::timeout(wait, stream.message()).await.is_err()
+}
+
+/// A delivery's body as text.
+pub fn body(d: &Delivery) -> String {
+    String::from_utf8(d.message.as_ref().expect("a message").body.to_vec()).expect("UTF-8 body")
+}
+
+/// Acks one delivery (which must succeed).
+pub async fn ack(client: &mut BusClient<GrpcChannel>, d: &Delivery) {
+    client
+        .ack(AckRequest {
+            delivery_ids: vec![d.delivery_id.clone()],
+        })
+        .await
+        .expect("acked");
+}
+
+/// Nacks one delivery (which must succeed).
+pub async fn nack(client: &mut BusClient<GrpcChannel>, d: &Delivery, requeue: bool, delay_ms: u32) {
+    client
+        .nack(NackRequest {
+            delivery_ids: vec![d.delivery_id.clone()],
+            requeue,
+            delay_ms,
+        })
+        .await
+        .expect("nacked");
+}
+
+/// A publish request of `body` to `exchange` with `routing_key`.
+pub fn request(exchange: &str, routing_key: &str, body: &[u8]) -> PublishRequest {
+    PublishRequest {
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        message: Some(Message {
+            body: body.to_vec().into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `request` sent on the named publisher `name` (`x-warren-publisher`).
+pub fn on_publisher(request: PublishRequest, name: &str) -> tonic::Request<PublishRequest> {
+    let mut r = tonic::Request::new(request);
+    r.metadata_mut()
+        .insert("x-warren-publisher", name.parse().expect("ASCII metadata"));
+    r
+}
+
+/// Publishes `body` to `queue` over gRPC (which must be confirmed); its
+/// message id.
+pub async fn publish(client: &mut BusClient<GrpcChannel>, queue: &str, body: &str) -> String {
+    client
+        .publish(request("", queue, body.as_bytes()))
+        .await
+        .expect("confirmed")
+        .into_inner()
+        .message_id
+}
+
+/// A call of `body` to `routing_key` (the default exchange).
+pub fn call(routing_key: &str, body: &str, timeout_ms: u32) -> CallRequest {
+    CallRequest {
+        exchange: String::new(),
+        routing_key: routing_key.into(),
+        message: Some(Message {
+            body: body.as_bytes().to_vec().into(),
+            ..Default::default()
+        }),
+        timeout_ms,
+    }
+}
+
+/// A protobuf `Value` of `kind`.
+pub fn value(kind: Kind) -> prost_types::Value {
+    prost_types::Value { kind: Some(kind) }
 }
 
 /// The value of the sample `name` (with its labels, if any) in a Prometheus
@@ -274,4 +449,55 @@ pub async fn problem(response: reqwest::Response) -> (u16, serde_json::Value) {
     let body: serde_json::Value = response.json().await.expect("problem body is JSON");
     assert_eq!(body["status"], status, "{body}");
     (status, body)
+}
+
+/// Reads a Server-Sent Events body: events as (id, data) and comment lines.
+pub struct Sse {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    pub comments: usize,
+}
+
+impl Sse {
+    /// Opens `url`, which must answer 200 with an event stream.
+    pub async fn open(url: &str) -> Self {
+        let response = reqwest::get(url).await.expect("subscribe answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            comments: 0,
+        }
+    }
+
+    /// The next event (id, data as JSON), or None at the end of the stream.
+    pub async fn next(&mut self, wait: Duration) -> Option<(String, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = v.trim().to_owned();
+                    } else if line.starts_with(':') {
+                        self.comments += 1;
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((id, serde_json::from_str(&data).expect("one-line JSON")));
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self
+                    .buffer
+                    .push_str(std::str::from_utf8(&chunk).expect("UTF-8 events")),
+                Ok(_) => return None,
+                Err(_) => panic!("no event within {wait:?}"),
+            }
+        }
+    }
 }
