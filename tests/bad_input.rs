@@ -94,7 +94,8 @@ async fn an_expiration_beyond_the_broker_limit_is_400_and_harms_nobody() {
     let warren = Warren::start().await;
     beside_good_traffic(&warren, 200, async |queue| {
         for _ in 0..20 {
-            let bad = json!({"routing_key": queue, "body": "x", "expiration_ms": 315_360_000_001u64});
+            let bad =
+                json!({"routing_key": queue, "body": "x", "expiration_ms": 315_360_000_001u64});
             let (status, body) = publish(&warren, bad).await;
             assert_eq!(status, 400, "{body}");
             assert!(body["detail"].as_str().unwrap().contains("expiration_ms"));
@@ -102,8 +103,10 @@ async fn an_expiration_beyond_the_broker_limit_is_400_and_harms_nobody() {
         // The limit itself is fine.
         let ok = reqwest::Client::new()
             .post(warren.url("/v1/publish"))
-            .json(&json!({"exchange": "amq.direct", "routing_key": "nobody", "body": "x",
-                "expiration_ms": 315_360_000_000u64, "allow_unroutable": true}))
+            .json(
+                &json!({"exchange": "amq.direct", "routing_key": "nobody", "body": "x",
+                "expiration_ms": 315_360_000_000u64, "allow_unroutable": true}),
+            )
             .send()
             .await
             .unwrap();
@@ -118,7 +121,11 @@ async fn warren_header_names_are_refused() {
     let warren = Warren::start().await;
     let queue = unique("bad-reserved");
     Broker::connect().await.queue(&queue).await;
-    for name in ["x-warren-attempt", "X-Warren-Original-Exchange", "x-warren-anything"] {
+    for name in [
+        "x-warren-attempt",
+        "X-Warren-Original-Exchange",
+        "x-warren-anything",
+    ] {
         let bad = json!({"routing_key": queue, "body": "x", "headers": {name: 5}});
         let (status, body) = publish(&warren, bad).await;
         assert_eq!(status, 400, "{name}: {body}");
