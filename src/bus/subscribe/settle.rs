@@ -178,16 +178,19 @@ impl Subscriber {
                         tracing::info!(queue = %self.queue, attempts = held.attempt, "dead-lettering a message that used all its attempts");
                         metrics.dead_lettered_total.inc();
                         state.to_nack.push((*tag, false));
-                    } else if self.queue.starts_with("amq.") {
-                        // A server-named temporary queue has no delay queue
-                        // (it vanishes with its connection): the broker requeues.
-                        metrics.retries_total.inc();
-                        state.to_nack.push((*tag, true));
                     } else {
                         metrics.retries_total.inc();
+                        // A server-named temporary queue has no delay queue (it
+                        // vanishes with its connection): the copy goes straight
+                        // back to it, still counted, so max_attempts holds there too.
                         let delay = match delay_ms {
-                            0 => crate::bus::retry::backoff(policy, held.attempt, &mut rand::rng()),
-                            ms => std::time::Duration::from_millis(u64::from(ms)),
+                            _ if self.queue.starts_with("amq.") => None,
+                            0 => Some(crate::bus::retry::backoff(
+                                policy,
+                                held.attempt,
+                                &mut rand::rng(),
+                            )),
+                            ms => Some(std::time::Duration::from_millis(u64::from(ms))),
                         };
                         state.retrying.insert(*tag);
                         self.republish(state.generation, *tag, held, delay);
@@ -201,7 +204,7 @@ impl Subscriber {
     /// Puts a copy with the next attempt count into the queue's delay queue,
     /// confirmed, before the original is acked: a crash in between
     /// duplicates, never loses.
-    fn republish(&self, generation: u64, tag: u64, held: Held, delay: std::time::Duration) {
+    fn republish(&self, generation: u64, tag: u64, held: Held, delay: Option<std::time::Duration>) {
         let mut headers = held.properties.headers().clone().unwrap_or_default();
         let attempt = i64::from(held.attempt) + 1;
         headers.insert(
@@ -226,7 +229,10 @@ impl Subscriber {
             self.queue.clone(),
         );
         tokio::spawn(async move {
-            let result = retrier.delay(&queue, delay, held.body, properties).await;
+            let result = match delay {
+                Some(delay) => retrier.delay(&queue, delay, held.body, properties).await,
+                None => retrier.publish(&queue, held.body, properties).await,
+            };
             if let Err(e) = &result {
                 warn!(%queue, error = %e, "could not move a message to its delay queue; the broker redelivers it");
             }
