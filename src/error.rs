@@ -199,21 +199,14 @@ impl Error {
 
     /// How long a client should wait before trying again (HTTP `Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
+        // Exactly the retryable failures say when to come back.
         match self {
-            Error::Unavailable { retry_after, .. } => {
-                Some(retry_after.unwrap_or(Duration::from_secs(1)))
-            }
-            Error::Nacked | Error::ShuttingDown | Error::LimitReached(_) => {
-                Some(Duration::from_secs(1))
-            }
-            Error::InvalidArgument(_)
-            | Error::NotFound(_)
-            | Error::Unroutable { .. }
-            | Error::FailedPrecondition(_)
-            | Error::TooLarge { .. }
-            | Error::PermissionDenied(_)
-            | Error::DeadlineExceeded(_)
-            | Error::Internal(_) => None,
+            Error::Unavailable {
+                retry_after: Some(after),
+                ..
+            } => Some(*after),
+            e if e.is_retryable() => Some(Duration::from_secs(1)),
+            _ => None,
         }
     }
 }

@@ -60,6 +60,20 @@ pub fn check_short(what: &str, value: &str) -> Result<(), Error> {
 /// original exchange of a retried message); clients may not set them.
 pub const RESERVED_PREFIX: &str = "x-warren-";
 
+/// Checks headers a client sends: encodable, names that fit, and none of
+/// Warren's own.
+pub fn check_client_headers(headers: &Headers) -> Result<(), Error> {
+    for key in headers.keys() {
+        check_short("a header name", key)?;
+        if key.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "header {key:?}: names starting with {RESERVED_PREFIX} are Warren's own"
+            )));
+        }
+    }
+    crate::amqp::codec::check_headers(headers)
+}
+
 impl Message {
     /// Checks every property against AMQP's limits, so that nothing invalid
     /// reaches (and closes) a channel.
@@ -95,15 +109,7 @@ impl Message {
                 self.timestamp
             )));
         }
-        for key in self.headers.keys() {
-            check_short("a header name", key)?;
-            if key.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
-                return Err(Error::InvalidArgument(format!(
-                    "header {key:?}: names starting with {RESERVED_PREFIX} are Warren's own"
-                )));
-            }
-        }
-        crate::amqp::codec::check_headers(&self.headers)
+        check_client_headers(&self.headers)
     }
 
     /// Carries W3C trace context (`traceparent`, `tracestate`) from the

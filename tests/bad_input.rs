@@ -186,3 +186,20 @@ async fn a_nack_delay_over_thirty_days_is_refused() {
     assert!(body["detail"].as_str().unwrap().contains("delay_ms"));
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn a_replay_patch_may_not_set_warren_headers() {
+    let warren = Warren::start().await;
+    let dlq = unique("bad-replay.dlq");
+    Broker::connect().await.queue(&dlq).await;
+    let r = reqwest::Client::new()
+        .post(warren.url(&format!("/v1/dead-letters/{dlq}/replay")))
+        .json(&json!({"all": true, "message": {"headers": {"x-warren-attempt": 1}}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(r).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("Warren's own"));
+    warren.stop().await;
+}

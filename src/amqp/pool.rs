@@ -168,6 +168,16 @@ impl Pool {
         Ok(channel)
     }
 
+    /// Runs one broker operation within `amqp.operation_timeout` (see
+    /// [`super::op`]).
+    pub async fn op<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = lapin::Result<T>>,
+    ) -> Result<T, Error> {
+        super::op(what, self.operation_timeout, f).await
+    }
+
     /// How long one broker operation may take (`amqp.operation_timeout`).
     pub fn operation_timeout(&self) -> Duration {
         self.operation_timeout

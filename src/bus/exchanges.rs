@@ -19,7 +19,7 @@ use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::ExchangeKind;
 
-use crate::amqp::{self, Pool};
+use crate::amqp::Pool;
 use crate::error::Error;
 
 /// Exchanges every broker has and that cannot be deleted.
@@ -118,9 +118,8 @@ impl Exchanges {
             passive,
             FieldTable::default(),
         );
-        let timeout = self.pool.operation_timeout();
-        let result = amqp::op("exchange.declare", timeout, declare).await;
-        channel.close(timeout).await;
+        let result = self.pool.op("exchange.declare", declare).await;
+        channel.close(self.pool.operation_timeout()).await;
         match result {
             Ok(()) => {
                 self.remember(name, true);

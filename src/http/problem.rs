@@ -18,6 +18,8 @@ pub struct Problem {
     code: Option<u32>,
     retryable: bool,
     retry_after: Option<Duration>,
+    /// Warren is going away: the client must not reuse the connection.
+    close: bool,
     /// Members beyond RFC 9457's (`replayed` of a partial replay, ...).
     extra: Map<String, Value>,
 }
@@ -32,6 +34,7 @@ impl From<Error> for Problem {
             code: Some(e.code()),
             retryable: e.is_retryable(),
             retry_after: e.retry_after(),
+            close: matches!(e, Error::ShuttingDown),
             extra: Map::new(),
         }
     }
@@ -47,6 +50,7 @@ impl Problem {
             code: None,
             retryable: false,
             retry_after: None,
+            close: false,
             extra: Map::new(),
         }
     }
@@ -93,8 +97,7 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.kind == Error::ShuttingDown.kind() {
-            // Warren is going away: the client must not reuse this connection.
+        if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(after) = self.retry_after {

@@ -16,7 +16,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::BasicProperties;
 
 use super::quantize;
-use crate::amqp::{self, args, Channel, Pool, Slot};
+use crate::amqp::{args, Channel, Pool, Slot};
 use crate::bus::publish::Shared;
 use crate::bus::Publish;
 use crate::config::{self, RetryPolicy};
@@ -83,7 +83,7 @@ impl Retrier {
             ..Default::default()
         };
         let declare = channel.queue_declare(name.into(), options, args);
-        match amqp::op("queue.declare", self.pool.operation_timeout(), declare).await {
+        match self.pool.op("queue.declare", declare).await {
             Ok(_) => {
                 self.declared
                     .lock()

@@ -97,7 +97,7 @@ impl Rpc {
         };
         let consume =
             channel.basic_consume(REPLY_TO.into(), "".into(), no_ack, FieldTable::default());
-        let consumer = amqp::op("basic.consume", self.pool.operation_timeout(), consume).await?;
+        let consumer = self.pool.op("basic.consume", consume).await?;
         let pending: Pending = Arc::default();
         tokio::spawn(read_replies(
             consumer,

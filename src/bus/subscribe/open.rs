@@ -40,7 +40,7 @@ impl Opener {
         };
         self.probe(async |channel| {
             let declare = channel.queue_declare(queue.into(), passive, FieldTable::default());
-            self.op("queue.declare", declare).await.map(|_| ())
+            self.pool.op("queue.declare", declare).await.map(|_| ())
         })
         .await
     }
@@ -76,14 +76,6 @@ impl Opener {
         }
     }
 
-    async fn op<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = lapin::Result<T>>,
-    ) -> Result<T, Error> {
-        amqp::op(what, self.pool.operation_timeout(), f).await
-    }
-
     /// Declares and binds the subscription's own queue when it names an exchange.
     async fn prepare_queue(&self, channel: &Channel) -> Result<String, Error> {
         let r = &self.request;
@@ -111,7 +103,7 @@ impl Opener {
                 };
                 let declare =
                     channel.queue_declare(dlq.as_str().into(), durable, FieldTable::default());
-                self.op("queue.declare", declare).await?;
+                self.pool.op("queue.declare", declare).await?;
                 amqp::args::dead_letter_to(&mut args, &dlq, crate::config::QueueKind::Classic);
             }
         }
@@ -119,7 +111,8 @@ impl Opener {
             r.queue.clone()
         } else {
             let declare = channel.queue_declare(r.queue.as_str().into(), options, args);
-            self.op("queue.declare", declare)
+            self.pool
+                .op("queue.declare", declare)
                 .await?
                 .name()
                 .as_str()
@@ -159,23 +152,27 @@ impl Opener {
                 QueueBindOptions::default(),
                 args,
             );
-            self.op("queue.bind", bind).await.map_err(|e| match e {
-                Error::NotFound(_) => {
-                    Error::NotFound(format!("exchange {:?} does not exist", r.exchange))
-                }
-                e => e,
-            })?;
+            self.pool
+                .op("queue.bind", bind)
+                .await
+                .map_err(|e| match e {
+                    Error::NotFound(_) => {
+                        Error::NotFound(format!("exchange {:?} does not exist", r.exchange))
+                    }
+                    e => e,
+                })?;
         }
         Ok(queue)
     }
 
     async fn start(&self, channel: &Channel) -> Result<(String, Consumer), Error> {
         let r = &self.request;
-        self.op(
-            "basic.qos",
-            channel.basic_qos(self.prefetch, BasicQosOptions::default()),
-        )
-        .await?;
+        self.pool
+            .op(
+                "basic.qos",
+                channel.basic_qos(self.prefetch, BasicQosOptions::default()),
+            )
+            .await?;
         let queue = self.prepare_queue(channel).await?;
         let mut args = FieldTable::default();
         if r.consumer_priority != 0 {
@@ -188,6 +185,7 @@ impl Opener {
             args,
         );
         let consumer = self
+            .pool
             .op("basic.consume", consume)
             .await
             .map_err(|e| match e {

@@ -1,0 +1,114 @@
+//! Dead letters that operators can work with: list without removing, replay
+//! to the original queue (optionally corrected), discard.
+//!
+//! Messages are taken from the dead-letter queue one at a time with
+//! `basic.get` on a channel of this operation's own and acted on at once
+//! (streamed: Warren holds one message at a time, whatever the scan limit);
+//! those not selected stay unacked on the channel and go back when it
+//! closes. A replayed message is acked (leaves the dead-letter queue) only
+//! after its publish to the original queue was confirmed: a crash in between
+//! may duplicate, never lose. An operation that fails part-way reports what
+//! it did before the failure.
+
+mod scan;
+
+use super::Bus;
+use crate::error::Error;
+use crate::message::{check_short, Headers, Message};
+
+pub(crate) use scan::DeadLetters;
+
+/// A dead-lettered message as operators see it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The message's `message_id`.
+    pub id: String,
+    pub message: Message,
+    /// Why it was dead-lettered (`rejected`, `expired`, `maxlen`, ...).
+    pub reason: String,
+    /// The queue it was dead-lettered from.
+    pub original_queue: String,
+    /// The deliveries it had.
+    pub attempts: u32,
+}
+
+/// Which dead letters an operation takes.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// Those with these message ids.
+    Ids(Vec<String>),
+    /// All of them (up to the scan limit).
+    All,
+}
+
+/// Corrections applied to replayed messages; `None` keeps the stored value.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    pub body: Option<bytes::Bytes>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    /// Replaces the application headers (Warren's own are kept).
+    pub headers: Option<Headers>,
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Messages replayed or discarded.
+    pub done: u32,
+    /// Requested ids that were not found in the dead-letter queue.
+    pub missing: Vec<String>,
+    /// The failure that stopped the operation after `done` messages.
+    pub stopped: Option<Error>,
+}
+
+impl Bus {
+    /// Up to `limit` dead letters of `dlq`, left in place.
+    pub async fn dead_letters(&self, dlq: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        let _pass = self.enter()?;
+        let max = self.config.dead_letters.max_list;
+        if limit > max {
+            return Err(Error::InvalidArgument(format!(
+                "limit {limit} is above {max} (dead_letters.max_list)"
+            )));
+        }
+        self.dead_letters.list(dlq, limit).await
+    }
+
+    /// Replays the selected dead letters of `dlq` to their original queues.
+    pub async fn replay(
+        &self,
+        dlq: &str,
+        selection: &Selection,
+        patch: &Patch,
+    ) -> Result<Outcome, Error> {
+        let _pass = self.enter_broker()?;
+        if let Some(body) = &patch.body {
+            if body.len() > self.config.publish.max_body_bytes {
+                return Err(Error::TooLarge {
+                    what: "message body",
+                    size: body.len(),
+                    limit: self.config.publish.max_body_bytes,
+                });
+            }
+        }
+        if let Some(headers) = &patch.headers {
+            crate::message::check_client_headers(headers)?;
+        }
+        for (what, value) in [
+            ("content_type", &patch.content_type),
+            ("content_encoding", &patch.content_encoding),
+        ] {
+            if let Some(v) = value {
+                check_short(what, v)?;
+            }
+        }
+        self.dead_letters.replay(dlq, selection, patch).await
+    }
+
+    /// Removes the selected dead letters of `dlq` for good.
+    pub async fn discard(&self, dlq: &str, selection: &Selection) -> Result<Outcome, Error> {
+        let _pass = self.enter()?;
+        self.dead_letters.discard(dlq, selection).await
+    }
+}
