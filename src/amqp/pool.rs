@@ -115,17 +115,22 @@ impl Pool {
         }
     }
 
-    /// A live connection, the next in turn; waits for a reconnect at most
-    /// `amqp.operation_timeout`.
-    pub async fn connection(&self) -> Result<Arc<Connection>, Error> {
+    /// A live connection, the next in turn, and its slot; waits for a
+    /// reconnect at most `amqp.operation_timeout`.
+    async fn connection(&self) -> Result<(usize, Arc<Connection>), Error> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.slots.len() {
-            let slot = &self.slots[(start + i) % self.slots.len()];
-            if let Some(c) = slot.borrow().as_ref().filter(|c| c.status().connected()) {
-                return Ok(c.clone());
+            let index = (start + i) % self.slots.len();
+            if let Some(c) = self.slots[index]
+                .borrow()
+                .as_ref()
+                .filter(|c| c.status().connected())
+            {
+                return Ok((index, c.clone()));
             }
         }
-        let mut slot = self.slots[start % self.slots.len()].clone();
+        let index = start % self.slots.len();
+        let mut slot = self.slots[index].clone();
         let wait = async {
             slot.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected()))
                 .await
@@ -133,7 +138,7 @@ impl Pool {
                 .and_then(|c| c.clone())
         };
         match tokio::time::timeout(self.operation_timeout, wait).await {
-            Ok(Some(c)) => Ok(c),
+            Ok(Some(c)) => Ok((index, c)),
             _ => Err(Error::unavailable("not connected to the broker")),
         }
     }
@@ -148,16 +153,29 @@ impl Pool {
         })
     }
 
-    /// Opens a channel on the next live connection.
+    /// Opens a channel on the next live connection. If that connection
+    /// turns out to be dead (its supervisor notices while the channel is
+    /// being opened), this fails at once, UNAVAILABLE and retryable, instead
+    /// of waiting out `amqp.operation_timeout` on a socket nobody answers.
     pub async fn open_channel(&self) -> Result<Channel, Error> {
-        let connection = self.connection().await?;
-        let raw = super::op(
+        let (index, connection) = self.connection().await?;
+        let mut slot = self.slots[index].clone();
+        let replaced = async {
+            let _ = slot
+                .wait_for(|c| !c.as_ref().is_some_and(|c| Arc::ptr_eq(c, &connection)))
+                .await;
+        };
+        let open = super::op(
             "channel.open",
             self.operation_timeout,
             connection.create_channel(),
-        )
-        .await?;
-        Ok(Channel::new(raw, &self.ledger))
+        );
+        tokio::select! {
+            raw = open => Ok(Channel::new(raw?, &self.ledger)),
+            _ = replaced => Err(Error::unavailable(
+                "the connection died while a channel was being opened on it",
+            )),
+        }
     }
 
     /// Opens a channel in confirm mode.

@@ -48,6 +48,10 @@ struct InFlight {
     unexplained: u32,
     /// The channel generation it was last sent on.
     generation: u64,
+    /// Nacks it had (each sends it again on a fresh channel, after a backoff).
+    nacks: u32,
+    /// Waiting out a nack's backoff: no confirm of it is outstanding.
+    resending: bool,
 }
 
 type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
@@ -69,6 +73,7 @@ pub(crate) fn spawn(
         next_seq: 0,
         in_flight: BTreeMap::new(),
         confirms: FuturesUnordered::new(),
+        resends: FuturesUnordered::new(),
     };
     tracker.spawn(async move {
         task.run(shutdown).await;
@@ -86,6 +91,8 @@ struct Task {
     next_seq: u64,
     in_flight: BTreeMap<u64, InFlight>,
     confirms: FuturesUnordered<ConfirmFuture>,
+    /// Nacked messages waiting out their backoff, by sequence number.
+    resends: FuturesUnordered<BoxFuture<'static, u64>>,
 }
 
 impl Task {
@@ -103,6 +110,9 @@ impl Task {
                 }
                 Some((seq, generation, outcome)) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.settle(seq, generation, outcome).await;
+                }
+                Some(seq) = self.resends.next(), if !self.resends.is_empty() => {
+                    self.resend(seq).await;
                 }
                 command = self.rx.recv(), if open && room => match command {
                     Some(command) => self.start(command).await,
@@ -152,6 +162,8 @@ impl Task {
             attempts: 0,
             unexplained: 0,
             generation: 0,
+            nacks: 0,
+            resending: false,
         };
         match self.channel_within_budget(entry.command.started).await {
             Ok(channel) => self.send(seq, entry, &channel),
@@ -166,6 +178,7 @@ impl Task {
     /// futures gets to it.
     fn send(&mut self, seq: u64, mut entry: InFlight, channel: &Channel) {
         entry.attempts += 1;
+        entry.resending = false;
         entry.generation = self.generation;
         let publish = &entry.command.publish;
         let channel = channel.clone();
@@ -213,6 +226,12 @@ impl Task {
         if let Outcome::Failed(error) = outcome {
             return self.recover(error, generation).await;
         }
+        let within_budget = self.in_flight.get(&seq).is_some_and(|e| {
+            e.command.started.elapsed() < self.ctx.retry_budget && !e.command.reply.is_closed()
+        });
+        if matches!(outcome, Outcome::Nacked) && within_budget {
+            return self.nacked(seq, generation);
+        }
         let Some(entry) = self.in_flight.remove(&seq) else {
             return;
         };
@@ -232,6 +251,63 @@ impl Task {
         self.finish(entry.command, result);
     }
 
+    /// The broker refused to store message `seq` on the channel of
+    /// `generation` (after a failover, a channel that published before the
+    /// new leader was elected is nacked for a while, and a fresh one is
+    /// not). The channel is replaced (the old one closes once its other
+    /// confirms are in) and the message sent again on the fresh one after a
+    /// backoff, within `publish.retry_budget`.
+    fn nacked(&mut self, seq: u64, generation: u64) {
+        if generation == self.generation && self.channel.take().is_some() {
+            debug!("replacing a publisher channel the broker nacks on");
+            self.generation += 1;
+        }
+        let Some(entry) = self.in_flight.get_mut(&seq) else {
+            return;
+        };
+        entry.nacks += 1;
+        entry.resending = true;
+        let delay = retry_backoff()
+            .nth(entry.nacks.saturating_sub(1) as usize)
+            .unwrap_or(Duration::from_secs(1));
+        let left = self
+            .ctx
+            .retry_budget
+            .saturating_sub(entry.command.started.elapsed());
+        self.resends.push(
+            async move {
+                tokio::time::sleep(delay.min(left)).await;
+                seq
+            }
+            .boxed(),
+        );
+    }
+
+    /// Sends a nacked message again, on the current (fresh) channel.
+    async fn resend(&mut self, seq: u64) {
+        let Some(started) = self
+            .in_flight
+            .get(&seq)
+            .filter(|e| e.resending)
+            .map(|e| e.command.started)
+        else {
+            return;
+        };
+        match self.channel_within_budget(started).await {
+            Ok(channel) => {
+                if let Some(entry) = self.in_flight.remove(&seq) {
+                    self.ctx.metrics.retries_total.inc();
+                    self.send(seq, entry, &channel);
+                }
+            }
+            Err(e) => {
+                if let Some(entry) = self.in_flight.remove(&seq) {
+                    self.finish(entry.command, Err(e));
+                }
+            }
+        }
+    }
+
     /// The channel of `generation` failed under the messages sent on it.
     async fn recover(&mut self, error: lapin::Error, generation: u64) {
         // Settle what the broker confirmed before the failure first, so that
@@ -248,7 +324,7 @@ impl Task {
         let caught: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, e)| e.generation == generation)
+            .filter(|(_, e)| e.generation == generation && !e.resending)
             .map(|(seq, _)| *seq)
             .collect();
         let pending: Vec<(u64, InFlight)> = caught

@@ -8,7 +8,8 @@
 //! a publish, the publish that caused it (the exchange named in the close
 //! reason) fails; the others open a fresh channel and publish again, with
 //! backoff and jitter while the broker is away, within
-//! `publish.retry_budget`. The calls in flight are the drain's: each holds
+//! `publish.retry_budget`; so does a publish the broker nacked, on a fresh
+//! channel (the nacking one is replaced). The calls in flight are the drain's: each holds
 //! a pass from the bus's gate.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use tracing::debug;
 
-use super::verdict::{retry_backoff, verdict, Context};
+use super::verdict::{retry_backoff, verdict, Context, Outcome};
 use super::{Confirmed, Publish};
 use crate::amqp::{self, codec, Channel, Slot};
 use crate::error::Error;
@@ -99,7 +100,27 @@ impl Shared {
                     .await
             };
             let error = match tokio::time::timeout(ctx.confirm_timeout, sent).await {
-                Ok(Ok(confirmation)) => return verdict(confirmation.into(), publish),
+                Ok(Ok(confirmation)) => {
+                    let outcome = Outcome::from(confirmation);
+                    if !matches!(outcome, Outcome::Nacked) || !within_budget {
+                        return verdict(outcome, publish);
+                    }
+                    // The broker refused to store it on this channel (after a
+                    // failover, a channel that published before the new
+                    // leader was elected is nacked for a while). A fresh
+                    // channel may well take it: replace this one and retry.
+                    if let Some(nacking) = slot.invalidate(generation) {
+                        debug!("replacing a shared channel the broker nacks on");
+                        drop(nacking);
+                    }
+                    ctx.metrics.retries_total.inc();
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                    tokio::time::sleep(
+                        delay.min(ctx.retry_budget.saturating_sub(started.elapsed())),
+                    )
+                    .await;
+                    continue;
+                }
                 Ok(Err(error)) => error,
                 Err(_) => {
                     // Its state is unknown: a fresh one for the next publish.
