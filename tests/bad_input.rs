@@ -203,3 +203,102 @@ async fn a_replay_patch_may_not_set_warren_headers() {
     assert!(body["detail"].as_str().unwrap().contains("Warren's own"));
     warren.stop().await;
 }
+
+/// Sends bytes as they are: a request that is not valid protobuf.
+#[derive(Clone, Default)]
+struct Raw;
+
+struct RawCoder;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument() {
+    let warren = Warren::start().await;
+    let channel = tonic::transport::Endpoint::new(warren.grpc_addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for method in ["Publish", "Call", "Ack", "Subscribe"] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = format!("/warren.v1.Bus/{method}").parse().unwrap();
+        // A field 1 of wire type 2 whose length runs past the end.
+        let garbage = vec![0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01];
+        let e = if method == "Subscribe" {
+            grpc.server_streaming(tonic::Request::new(garbage), path, Raw)
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        } else {
+            grpc.unary(tonic::Request::new(garbage), path, Raw)
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        };
+        assert_eq!(e.code(), Code::InvalidArgument, "{method}: {e:?}");
+        assert!(
+            e.message().contains("not a valid protobuf"),
+            "{method}: {e:?}"
+        );
+    }
+    // The server is fine afterwards.
+    let mut client = warren.grpc().await;
+    let queue = unique("bad-proto");
+    Broker::connect().await.queue(&queue).await;
+    common::publish(&mut client, &queue, "ok").await;
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_a_problem() {
+    let warren = Warren::start().await;
+    for path in ["/v1/publish/%FF%FE/key", "/v1/dead-letters/%C3%28/replay"] {
+        let r = reqwest::Client::new()
+            .post(warren.url(path))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(r).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    warren.stop().await;
+}

@@ -3,6 +3,7 @@
 //! It translates requests into calls on [`crate::bus::Bus`] and bus errors
 //! into status codes; nothing more.
 
+pub mod codec;
 mod convert;
 mod service;
 

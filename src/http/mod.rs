@@ -56,6 +56,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        // Rejections of axum's own extractors (a path segment that is not
+        // UTF-8, ...) become problems too.
+        .layer(axum::middleware::map_response(
+            problem::every_error_a_problem,
+        ))
         // A span per request (method, path) around what the bus logs.
         // (5xx answers are logged at DEBUG: a 503 from /readyz during an
         // outage is expected, and the bus logs the outage itself.)

@@ -89,6 +89,34 @@ impl Problem {
     }
 }
 
+/// Turns an error response that is not a problem yet (the rejection of one
+/// of axum's extractors: plain text) into one, with its text as `detail`.
+pub async fn every_error_a_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct == "application/problem+json");
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let kind = if status.is_client_error() {
+        "invalid-request"
+    } else {
+        "internal"
+    };
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    Problem::http(status, kind, detail).into_response()
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body().to_string()).into_response();
