@@ -212,8 +212,53 @@ async fn a_deleted_queue_ends_the_stream_with_an_error() {
         .expect("the stream ends");
     match end {
         Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
-        Ok(None) => {}
+        Ok(None) => panic!("the stream ended cleanly: the client must see why"),
         Ok(Some(d)) => panic!("unexpected delivery {d:?}"),
+    }
+    warren.stop().await;
+}
+
+/// The terminal error reaches a client whose stream buffer is full when the
+/// subscription ends (it used to be dropped, and the stream ended cleanly).
+#[tokio::test]
+async fn the_end_of_a_subscription_reaches_a_client_with_a_full_buffer() {
+    let warren = Warren::start().await;
+    let broker = Broker::connect().await;
+    let queue = unique("deleted-full");
+    broker
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    broker.fill(&queue, 20).await;
+    let mut client = warren.grpc().await;
+    let mut stream = subscribe_with(&mut client, on(&queue, 2)).await;
+    // The client reads nothing while Warren fills its buffer and the queue goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut delivered = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => delivered += 1,
+            other => break other,
+        }
+    };
+    assert!(delivered <= 20, "{delivered}");
+    match end {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(None) => panic!("after {delivered} deliveries the stream ended without its error"),
+        Ok(Some(_)) => unreachable!(),
     }
     warren.stop().await;
 }
