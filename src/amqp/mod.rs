@@ -3,6 +3,8 @@
 //! - [`pool`]: supervised connections per role, channels opened on them.
 //! - [`channel`]: Warren's channel handle, counted in one ledger, and the
 //!   one timeout wrapper for broker operations ([`op`]).
+//! - [`probe`]: whether an exchange or queue exists (long multi-byte names
+//!   on a connection of their own).
 //! - [`slot`]: a kept channel reopened on demand, one opener at a time.
 //! - [`args`]: dead-letter and delay-queue arguments.
 //! - [`topology`]: declaring the configured exchanges, queues and bindings.
@@ -15,6 +17,7 @@ pub mod args;
 pub mod channel;
 pub mod codec;
 pub mod pool;
+pub mod probe;
 pub mod slot;
 pub mod topology;
 

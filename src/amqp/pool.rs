@@ -31,6 +31,9 @@ pub enum Role {
     Publish,
     /// Consuming (subscriptions).
     Consume,
+    /// One connection of its own for existence checks whose refusal could
+    /// cost the connection (see [`super::probe`]).
+    Probe,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
         match self {
             Role::Publish => "publish",
             Role::Consume => "consume",
+            Role::Probe => "probe",
         }
     }
 }
@@ -61,7 +65,11 @@ impl Pool {
     pub fn start(role: Role, amqp: &config::Amqp, metrics: Metrics) -> Arc<Self> {
         let close = CancellationToken::new();
         let epoch = Arc::new(watch::Sender::new(0));
-        let slots = (0..amqp.pool_size)
+        let size = match role {
+            Role::Probe => 1,
+            Role::Publish | Role::Consume => amqp.pool_size,
+        };
+        let slots = (0..size)
             .map(|index| {
                 let (tx, rx) = watch::channel(None);
                 let supervisor = Supervisor {

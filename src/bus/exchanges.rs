@@ -8,17 +8,15 @@
 //! (concurrent first publishes to one exchange share one probe; probes of
 //! different exchanges run side by side), and a missing exchange is
 //! remembered for [`NEGATIVE_TTL`], so a client hammering a missing exchange
-//! costs the broker one probe per period and delays nobody else. An exchange
+//! costs the broker one probe per period and delays nobody else. Names whose
+//! refusal could not be parsed are probed on a connection of their own. An exchange
 //! deleted after its check is handled by the publisher's recovery.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::ExchangeKind;
-
+use crate::amqp::probe::{self, Kind};
 use crate::amqp::Pool;
 use crate::error::Error;
 
@@ -44,12 +42,16 @@ pub struct Exchanges {
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     ttl: Duration,
     pool: Arc<Pool>,
+    /// For names whose refusal could cost a connection.
+    isolated: Arc<Pool>,
 }
 
 impl Exchanges {
-    /// An empty cache that probes over `pool`.
-    pub fn new(pool: Arc<Pool>, ttl: Duration) -> Self {
+    /// An empty cache that probes over `pool` (and `isolated`, see
+    /// [`probe`]).
+    pub fn new(pool: Arc<Pool>, isolated: Arc<Pool>, ttl: Duration) -> Self {
         Self {
+            isolated,
             known: RwLock::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             ttl,
@@ -105,31 +107,12 @@ impl Exchanges {
     }
 
     async fn probe(&self, name: &str) -> Result<(), Error> {
-        // A channel per probe: a failed passive declare closes its channel,
-        // which must not fail a probe of another exchange beside it.
-        let channel = self.pool.open_channel().await?;
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declare = channel.exchange_declare(
-            name.into(),
-            ExchangeKind::Direct,
-            passive,
-            FieldTable::default(),
-        );
-        let result = self.pool.op("exchange.declare", declare).await;
-        channel.close(self.pool.operation_timeout()).await;
-        match result {
-            Ok(()) => {
-                self.remember(name, true);
-                Ok(())
-            }
-            Err(Error::NotFound(_)) => {
-                self.remember(name, false);
-                Err(missing(name))
-            }
-            Err(other) => Err(other),
+        let exists = probe::exists(&self.pool, &self.isolated, Kind::Exchange, name).await?;
+        self.remember(name, exists);
+        if exists {
+            Ok(())
+        } else {
+            Err(missing(name))
         }
     }
 

@@ -112,6 +112,7 @@ impl Bus {
         tokio::join!(self.shared.close(timeout), self.rpc.close(timeout));
         self.publish_pool.close().await;
         self.consume_pool.close().await;
+        self.probe_pool.close().await;
         info!("bus closed");
     }
 

@@ -54,6 +54,8 @@ pub struct Bus {
     metrics: Metrics,
     publish_pool: Arc<Pool>,
     consume_pool: Arc<Pool>,
+    /// One connection for existence checks that could cost a connection.
+    probe_pool: Arc<Pool>,
     exchanges: Arc<Exchanges>,
     publishers: Arc<Publishers>,
     shared: Arc<Shared>,
@@ -75,8 +77,10 @@ impl Bus {
     pub fn start(config: Arc<Config>, metrics: Metrics) -> Arc<Self> {
         let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
         let consume_pool = Pool::start(Role::Consume, &config.amqp, metrics.clone());
+        let probe_pool = Pool::start(Role::Probe, &config.amqp, metrics.clone());
         let exchanges = Arc::new(Exchanges::new(
             publish_pool.clone(),
+            probe_pool.clone(),
             config.publish.exchange_cache_ttl,
         ));
         let shutdown = CancellationToken::new();
@@ -108,11 +112,13 @@ impl Bus {
         ));
         let dead_letters = dead_letters::DeadLetters {
             pool: publish_pool.clone(),
+            isolated: probe_pool.clone(),
             retrier: retrier.clone(),
             max_scan: config.dead_letters.max_scan,
         };
         let subscriptions = Subscriptions::new(
             consume_pool.clone(),
+            probe_pool.clone(),
             metrics.clone(),
             config.subscribe.clone(),
             retrier,
@@ -139,6 +145,7 @@ impl Bus {
             metrics,
             publish_pool,
             consume_pool,
+            probe_pool,
             exchanges,
             publishers,
             shared,

@@ -10,6 +10,7 @@ use lapin::BasicProperties;
 use serde_json::Value;
 
 use super::{DeadLetter, Outcome, Patch, Selection};
+use crate::amqp::probe::{self, Kind};
 use crate::amqp::{codec, Channel, Pool};
 use crate::bus::retry::Retrier;
 use crate::bus::subscribe::{attempt, ATTEMPT_HEADER};
@@ -19,6 +20,8 @@ use crate::message::check_short;
 /// The dead-letter operations.
 pub struct DeadLetters {
     pub(crate) pool: Arc<Pool>,
+    /// For existence checks that could cost a connection.
+    pub(crate) isolated: Arc<Pool>,
     pub(crate) retrier: Arc<Retrier>,
     pub(crate) max_scan: usize,
 }
@@ -103,6 +106,13 @@ impl DeadLetters {
         check_short("dead-letter queue", dlq)?;
         if dlq.is_empty() {
             return Err(Error::InvalidArgument("name a dead-letter queue".into()));
+        }
+        // basic.get on a missing queue closes the channel with a reason
+        // naming it: for a name whose reason might not parse, ask first.
+        if probe::is_risky(dlq)
+            && !probe::exists(&self.pool, &self.isolated, Kind::Queue, dlq).await?
+        {
+            return Err(Error::NotFound(format!("queue {dlq:?} does not exist")));
         }
         let channel = self.pool.open_channel().await?;
         let result = work(&channel).await;

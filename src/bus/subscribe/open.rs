@@ -9,6 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Consumer;
 
 use super::delivery::SubscribeRequest;
+use crate::amqp::probe::{self, Kind};
 use crate::amqp::{self, Channel, Pool};
 use crate::bus::exchanges::Exchanges;
 use crate::error::Error;
@@ -24,6 +25,8 @@ pub struct Opened {
 /// Everything needed to (re)open one subscription's consumer.
 pub struct Opener {
     pub pool: Arc<Pool>,
+    /// For existence checks whose refusal could cost a connection.
+    pub isolated: Arc<Pool>,
     /// Which exchanges exist (shared with publishing, and its cache).
     pub exchanges: Arc<Exchanges>,
     pub request: SubscribeRequest,
@@ -31,33 +34,9 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// Whether `queue` exists (asked on a channel of its own: a failed
-    /// passive declare closes the channel it was made on).
+    /// Whether `queue` exists.
     async fn exists(&self, queue: &str) -> Result<bool, Error> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        self.probe(async |channel| {
-            let declare = channel.queue_declare(queue.into(), passive, FieldTable::default());
-            self.pool.op("queue.declare", declare).await.map(|_| ())
-        })
-        .await
-    }
-
-    /// Runs a passive declare on a throwaway channel: Ok(false) for NOT_FOUND.
-    async fn probe(
-        &self,
-        check: impl AsyncFnOnce(&Channel) -> Result<(), Error>,
-    ) -> Result<bool, Error> {
-        let channel = self.pool.open_channel().await?;
-        let result = check(&channel).await;
-        channel.close(self.pool.operation_timeout()).await;
-        match result {
-            Ok(()) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        probe::exists(&self.pool, &self.isolated, Kind::Queue, queue).await
     }
 
     /// Opens a channel and a consumer on it; closes the channel on failure.
@@ -80,6 +59,15 @@ impl Opener {
     async fn prepare_queue(&self, channel: &Channel) -> Result<String, Error> {
         let r = &self.request;
         if r.exchange.is_empty() {
+            // basic.consume on a missing queue closes the channel with a
+            // reason naming it; for a name whose reason could not be parsed
+            // that would cost the consuming connection: ask first.
+            if probe::is_risky(&r.queue) && !self.exists(&r.queue).await? {
+                return Err(Error::NotFound(format!(
+                    "queue {:?} does not exist",
+                    r.queue
+                )));
+            }
             return Ok(r.queue.clone());
         }
         let temporary = r.queue.is_empty();

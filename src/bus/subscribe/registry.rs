@@ -45,6 +45,7 @@ impl futures::Stream for Subscription {
 /// Every subscription of the bus.
 pub struct Subscriptions {
     pool: Arc<Pool>,
+    isolated: Arc<Pool>,
     metrics: Metrics,
     config: config::Subscribe,
     instance: u64,
@@ -60,6 +61,7 @@ pub struct Subscriptions {
 impl Subscriptions {
     pub(crate) fn new(
         pool: Arc<Pool>,
+        isolated: Arc<Pool>,
         metrics: Metrics,
         config: config::Subscribe,
         retrier: Arc<Retrier>,
@@ -69,6 +71,7 @@ impl Subscriptions {
         Self {
             slots: Arc::new(Semaphore::new(config.max_subscriptions)),
             pool,
+            isolated,
             metrics,
             config,
             // Random per process: ids from before a restart are unknown after it.
@@ -139,6 +142,7 @@ impl Subscriptions {
         })?;
         let opener = Opener {
             pool: self.pool.clone(),
+            isolated: self.isolated.clone(),
             exchanges: self.exchanges.clone(),
             request: r.clone(),
             prefetch,
