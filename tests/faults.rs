@@ -416,6 +416,8 @@ async fn a_new_publish_fails_fast_while_the_broker_is_down() {
         !ready(&warren).await
     })
     .await;
+    let unavailable = |m: &str| common::metric(m, "warren_publish_total{outcome=\"unavailable\"}");
+    let before = unavailable(&warren.metrics().await);
     let mut slowest = Duration::ZERO;
     for i in 0..5 {
         let mut publish = tonic::Request::new(request(&queue, format!("down-{i}")));
@@ -451,6 +453,8 @@ async fn a_new_publish_fails_fast_while_the_broker_is_down() {
         slowest = slowest.max(started.elapsed());
     }
     eprintln!("new publishes and calls failed within {slowest:?} while the broker was down");
+    // Every refused publish is counted (5 over gRPC, 5 over HTTP).
+    assert_eq!(unavailable(&warren.metrics().await) - before, 10.0);
     // Far below the 5 s deadline and the 10 s retry budget (the contract's
     // 100 ms is the figure to measure; this bound only rules out waiting).
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");

@@ -501,3 +501,18 @@ impl Sse {
         }
     }
 }
+
+impl Broker {
+    /// A plain AMQP connection to the broker at `url` (not the test broker:
+    /// a node of the test cluster, say).
+    pub async fn connect_to(url: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("broker reachable");
+        let channel = connection.create_channel().await.expect("channel");
+        Self {
+            connection,
+            channel,
+        }
+    }
+}

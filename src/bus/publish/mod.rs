@@ -59,15 +59,15 @@ impl Bus {
         publish: Publish,
     ) -> Result<Confirmed, Error> {
         let Some(name) = publisher else {
-            let _pass = self.enter_broker()?;
+            let _pass = self.counted(self.enter_broker())?;
             return self.publish_shared(publish).await;
         };
         if name.is_empty() || name.len() > 128 {
-            return Err(Error::InvalidArgument(
+            return self.counted(Err(Error::InvalidArgument(
                 "a publisher name must be 1 to 128 bytes".into(),
-            ));
+            )));
         }
-        let publisher = self.publishers.named(name)?;
+        let publisher = self.counted(self.publishers.named(name))?;
         let pending = self.submit(&publisher, publish).await?;
         pending.await.unwrap_or(Err(Error::ShuttingDown))
     }
