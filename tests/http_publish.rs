@@ -313,7 +313,8 @@ async fn health_readiness_and_metrics() {
         "warren_rpc_duration_seconds",
         "warren_retries_total",
         "warren_circuit_breaker_state",
-        "warren_amqp_connections 4",
+        // Two publishing, two consuming, one probe connection.
+        "warren_amqp_connections 5",
         "warren_amqp_channels",
         "warren_broker_up 1",
     ] {
