@@ -37,6 +37,9 @@ impl Drop for Restore {
         let _ = Command::new("rabbitmqctl")
             .args(["await_startup", "--timeout", "60"])
             .output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .output();
     }
 }
 
@@ -470,6 +473,68 @@ async fn a_new_publish_fails_fast_while_the_broker_is_down() {
         },
     )
     .await;
+    warren.stop().await;
+}
+
+/// A broker that keeps its connections but stops taking messages (here a
+/// memory alarm: it blocks every publishing connection) fails each publish
+/// by the client's deadline. Publishes cancelled while they waited on the
+/// broker count as its failures: after `breaker.failures` of them the
+/// breaker opens and new publishes fail at once instead of each waiting out
+/// its deadline.
+#[tokio::test]
+async fn publishes_cancelled_while_the_broker_stalls_open_the_breaker() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let warren = Warren::start().await;
+    let queue = unique("stalled");
+    durable_queue(&queue).await;
+    let mut client = warren.grpc().await;
+    client
+        .publish(request(&queue, "before".into()))
+        .await
+        .unwrap();
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+    let publish = |i: usize| {
+        let mut publish = tonic::Request::new(request(&queue, format!("stalled-{i}")));
+        publish.set_timeout(Duration::from_millis(1500));
+        publish
+    };
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        codes.push(client.publish(publish(i)).await.unwrap_err().code());
+    }
+    // (tonic's client reports its own deadline as CANCELLED.)
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::DeadlineExceeded | Code::Cancelled)),
+        "{codes:?}"
+    );
+    let started = Instant::now();
+    let e = client.publish(publish(5)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("circuit breaker"), "{e:?}");
+    assert!(took < Duration::from_secs(1), "failed fast: {took:?}");
+    eprintln!("a new publish failed within {took:?} once the breaker opened on a stalled broker");
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    wait_for(
+        "publishing to work again",
+        Duration::from_secs(30),
+        async || {
+            client
+                .publish(request(&queue, "after".into()))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let metrics = warren.metrics().await;
+    assert!(
+        metrics.contains("warren_circuit_breaker_state 0"),
+        "{metrics}"
+    );
     warren.stop().await;
 }
 

@@ -11,6 +11,12 @@
 //! making (bad input, missing exchanges, deadlines) and Warren's own count
 //! neither way, so bad requests can neither trip nor close it.
 //!
+//! A request the client gives up on (its deadline, or it went away) while
+//! Warren has been waiting on the broker for [`STALLED`] or longer counts as
+//! a failure too ([`Breaker::waiting`]): a broker that keeps its connections
+//! but takes nothing (a memory or disk alarm blocks publishers) otherwise
+//! never opens it, and every caller waits out its own deadline.
+//!
 //! The state machine is Warren's own (it was on `failsafe` before): it reads
 //! tokio's clock, so tests run it on paused time, and it can be tripped by
 //! what the pool knows rather than only by failed requests.
@@ -30,6 +36,39 @@ enum State {
     Closed { failures: u32 },
     Open { until: Instant, period: Duration },
     HalfOpen { period: Duration },
+}
+
+/// How long a request waits on the broker before its cancellation counts
+/// as a broker failure. A healthy broker confirms within milliseconds, a
+/// busy quorum queue within a few hundred.
+pub const STALLED: Duration = Duration::from_millis(500);
+
+/// Watches a request while it waits on the broker: dropped before
+/// [`Waiting::settled`] after [`STALLED`] or more, it records a failure.
+pub struct Waiting<'a> {
+    breaker: &'a Breaker,
+    since: Instant,
+    settled: bool,
+}
+
+impl Waiting<'_> {
+    /// The broker answered (whatever the answer): nothing to record here.
+    pub fn settled(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let waited = self.since.elapsed();
+        if !self.settled && waited >= STALLED {
+            warn!(
+                ?waited,
+                "a request was given up while waiting on the broker"
+            );
+            self.breaker.observe(Verdict::Failure);
+        }
+    }
 }
 
 /// How a request ended, as far as the breaker is concerned.
@@ -150,6 +189,15 @@ impl Breaker {
         match *state {
             State::Open { until, .. } => Self::unavailable(until),
             _ => Error::unavailable("not connected to the broker"),
+        }
+    }
+
+    /// Starts watching a request that now waits on the broker.
+    pub fn waiting(&self) -> Waiting<'_> {
+        Waiting {
+            breaker: self,
+            since: Instant::now(),
+            settled: false,
         }
     }
 
@@ -286,6 +334,29 @@ mod tests {
         assert!(e.retry_after().unwrap() <= Duration::from_secs(1));
         let again = b.trip().retry_after().unwrap();
         assert!(again <= e.retry_after().unwrap(), "not extended while open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_given_up_while_the_broker_stalls_are_failures() {
+        let (b, gauge) = breaker(2);
+        // Answered, or given up quickly: nothing.
+        for _ in 0..5 {
+            let waiting = b.waiting();
+            tokio::time::advance(STALLED * 2).await;
+            waiting.settled();
+            let quick = b.waiting();
+            tokio::time::advance(STALLED / 2).await;
+            drop(quick);
+        }
+        assert!(b.check().is_ok());
+        // Given up after waiting STALLED: failures.
+        for _ in 0..2 {
+            let stalled = b.waiting();
+            tokio::time::advance(STALLED).await;
+            drop(stalled);
+        }
+        assert_eq!(gauge.get(), 2, "open");
+        assert!(b.check().is_err());
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl Shared {
     ) -> Result<Confirmed, Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let properties = properties.unwrap_or_else(|| codec::properties(&publish.message));
+        let waiting = self.ctx.breaker.waiting();
         let result = self.attempt(slot, publish, properties, started).await;
+        waiting.settled();
         self.ctx.record(started, &result);
         result
     }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::amqp::{self, codec, Channel, Pool, Slot};
+use crate::bus::breaker::Waiting;
 use crate::bus::Publish;
 use crate::config;
 use crate::error::Error;
@@ -109,12 +110,14 @@ impl Rpc {
 
     /// Publishes `request` with a reply-to and waits for its reply until
     /// `until`, the end of the call's `timeout`. The caller has validated it
-    /// and checked the exchange.
+    /// and checked the exchange. `waiting` watches the request until the
+    /// broker confirms it (the wait for the reply is the responder's).
     pub async fn call(
         &self,
         request: Publish,
         until: Instant,
         timeout: Duration,
+        waiting: Waiting<'_>,
     ) -> Result<Message, Error> {
         let started = Instant::now();
         let _permit = self.permits.clone().try_acquire_owned().map_err(|_| {
@@ -123,7 +126,7 @@ impl Rpc {
                 self.config.max_pending
             ))
         })?;
-        let result = tokio::time::timeout_at(until, self.exchange(request, timeout)).await;
+        let result = tokio::time::timeout_at(until, self.exchange(request, timeout, waiting)).await;
         self.metrics
             .rpc_duration
             .observe(started.elapsed().as_secs_f64());
@@ -136,7 +139,12 @@ impl Rpc {
         }
     }
 
-    async fn exchange(&self, request: Publish, timeout: Duration) -> Result<Message, Error> {
+    async fn exchange(
+        &self,
+        request: Publish,
+        timeout: Duration,
+        waiting: Waiting<'_>,
+    ) -> Result<Message, Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let (live, _) = slot.get(async || self.open().await).await?;
         let Publish {
@@ -181,9 +189,9 @@ impl Rpc {
                 .await?
                 .await
         }
-        .await
-        .map_err(|e| amqp::publish_error(e, &exchange))?;
-        match confirm {
+        .await;
+        waiting.settled();
+        match confirm.map_err(|e| amqp::publish_error(e, &exchange))? {
             Confirmation::Ack(None) => {}
             Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
                 return Err(Error::Unroutable {

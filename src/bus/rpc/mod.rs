@@ -42,7 +42,10 @@ impl Bus {
         let request = tokio::time::timeout_at(until, self.prepare(request))
             .await
             .map_err(|_| timed_out())??;
-        let reply = self.rpc.call(request, until, timeout).await;
+        let reply = self
+            .rpc
+            .call(request, until, timeout, self.breaker.waiting())
+            .await;
         // A call that timed out says nothing about the broker: the responder
         // may be slow. Broker faults count.
         self.breaker.record(&reply);
