@@ -45,9 +45,23 @@ pub enum Error {
     /// A count limit was reached (channels, pending calls, ...).
     #[error("{0}")]
     LimitReached(String),
-    /// The broker refused access (permissions, internal exchange, ...).
+    /// The caller may not do this: Warren's permissions (auth on), or the
+    /// broker's (an internal exchange, the broker user's rights).
     #[error("{0}")]
     PermissionDenied(String),
+    /// No credential, or one that does not check out (auth on).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The client is over its `max_publish_rate`.
+    #[error("over the publish rate of {rate} messages per second for client {client:?}")]
+    RateLimited {
+        /// The client's name.
+        client: String,
+        /// Its rate.
+        rate: u32,
+        /// When the next message would be let through.
+        retry_after: Duration,
+    },
     /// The broker negatively acknowledged a message.
     #[error("the broker rejected the message (basic.nack); it was not stored")]
     Nacked,
@@ -91,6 +105,7 @@ pub mod code {
     pub const DEADLINE_EXCEEDED: u32 = 4;
     pub const NOT_FOUND: u32 = 5;
     pub const PERMISSION_DENIED: u32 = 7;
+    pub const UNAUTHENTICATED: u32 = 16;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const FAILED_PRECONDITION: u32 = 9;
     pub const INTERNAL: u32 = 13;
@@ -126,6 +141,8 @@ impl Error {
             | Error::TooLarge { .. }
             | Error::LimitReached(_)
             | Error::PermissionDenied(_)
+            | Error::Unauthenticated(_)
+            | Error::RateLimited { .. }
             | Error::DeadlineExceeded(_) => Origin::Client,
             Error::Nacked | Error::Unavailable { .. } => Origin::Broker,
             Error::ShuttingDown | Error::Internal(_) => Origin::Warren,
@@ -138,8 +155,11 @@ impl Error {
             Error::InvalidArgument(_) => code::INVALID_ARGUMENT,
             Error::NotFound(_) => code::NOT_FOUND,
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => code::FAILED_PRECONDITION,
-            Error::TooLarge { .. } | Error::LimitReached(_) => code::RESOURCE_EXHAUSTED,
+            Error::TooLarge { .. } | Error::LimitReached(_) | Error::RateLimited { .. } => {
+                code::RESOURCE_EXHAUSTED
+            }
             Error::PermissionDenied(_) => code::PERMISSION_DENIED,
+            Error::Unauthenticated(_) => code::UNAUTHENTICATED,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => code::UNAVAILABLE,
             Error::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
             Error::Internal(_) => code::INTERNAL,
@@ -150,11 +170,12 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Error::InvalidArgument(_) => 400,
+            Error::Unauthenticated(_) => 401,
             Error::PermissionDenied(_) => 403,
             Error::NotFound(_) => 404,
             Error::TooLarge { .. } => 413,
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => 422,
-            Error::LimitReached(_) => 429,
+            Error::LimitReached(_) | Error::RateLimited { .. } => 429,
             Error::Internal(_) => 500,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => 503,
             Error::DeadlineExceeded(_) => 504,
@@ -171,6 +192,8 @@ impl Error {
             Error::TooLarge { .. } => "too-large",
             Error::LimitReached(_) => "limit-reached",
             Error::PermissionDenied(_) => "permission-denied",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::RateLimited { .. } => "rate-limited",
             Error::Nacked => "nacked",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline-exceeded",
@@ -185,6 +208,7 @@ impl Error {
             Error::Nacked
             | Error::Unavailable { .. }
             | Error::LimitReached(_)
+            | Error::RateLimited { .. }
             | Error::ShuttingDown => true,
             Error::InvalidArgument(_)
             | Error::NotFound(_)
@@ -192,6 +216,7 @@ impl Error {
             | Error::FailedPrecondition(_)
             | Error::TooLarge { .. }
             | Error::PermissionDenied(_)
+            | Error::Unauthenticated(_)
             | Error::DeadlineExceeded(_)
             | Error::Internal(_) => false,
         }
@@ -205,6 +230,7 @@ impl Error {
                 retry_after: Some(after),
                 ..
             } => Some(*after),
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
             e if e.is_retryable() => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -226,6 +252,8 @@ mod tests {
             Error::TooLarge { .. } => (8, 413, Origin::Client, false),
             Error::LimitReached(_) => (8, 429, Origin::Client, true),
             Error::PermissionDenied(_) => (7, 403, Origin::Client, false),
+            Error::Unauthenticated(_) => (16, 401, Origin::Client, false),
+            Error::RateLimited { .. } => (8, 429, Origin::Client, true),
             Error::Nacked => (14, 503, Origin::Broker, true),
             Error::Unavailable { .. } => (14, 503, Origin::Broker, true),
             Error::DeadlineExceeded(_) => (4, 504, Origin::Client, false),
@@ -250,6 +278,12 @@ mod tests {
             },
             Error::LimitReached("x".into()),
             Error::PermissionDenied("x".into()),
+            Error::Unauthenticated("x".into()),
+            Error::RateLimited {
+                client: "c".into(),
+                rate: 1,
+                retry_after: Duration::from_millis(10),
+            },
             Error::Nacked,
             Error::unavailable("down"),
             Error::DeadlineExceeded("x".into()),

@@ -24,11 +24,13 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod message;
 pub mod metrics;
 pub mod server;

@@ -64,6 +64,9 @@ pub struct Metrics {
     pub amqp_connections: IntGauge,
     /// Every channel Warren holds; `warren_amqp_channels` is read off it.
     pub channels: crate::amqp::Ledger,
+    /// `warren_auth_denied_total{reason}`: unauthenticated, forbidden,
+    /// rate_limited.
+    pub auth_denied_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,11 @@ impl Metrics {
                 "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ),
             amqp_connections: gauge("warren_amqp_connections", "Open AMQP connections."),
+            auth_denied_total: counter_vec(
+                "warren_auth_denied_total",
+                "Requests refused by authentication, authorization or a client's rate.",
+                "reason",
+            ),
             channels: {
                 let ledger = crate::amqp::Ledger::default();
                 let counted = ledger.clone();

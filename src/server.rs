@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use crate::amqp::topology::Refused;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::listen::Tls;
 use crate::metrics::Metrics;
 
 /// How long the listeners go on answering 503 after the drain.
@@ -40,6 +41,12 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A listener's TLS files cannot be used.
+    #[error("invalid configuration: {0}")]
+    Tls(String),
+    /// `[auth]` key material cannot be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Invalid),
     /// The broker refused the configured topology.
     #[error(transparent)]
     Topology(#[from] Refused),
@@ -71,14 +78,32 @@ impl Server {
             addr: config.grpc.listen.clone(),
             source,
         })?;
-        let bus = Bus::start(Arc::new(config), Metrics::new());
+        let http_tls = config
+            .http
+            .tls
+            .as_ref()
+            .map(|files| Tls::new("http.tls", files, &[b"h2", b"http/1.1"]))
+            .transpose()
+            .map_err(StartError::Tls)?;
+        let grpc_tls = config
+            .grpc
+            .tls
+            .as_ref()
+            .map(|files| Tls::new("grpc.tls", files, &[b"h2"]))
+            .transpose()
+            .map_err(StartError::Tls)?;
+        let bus = Bus::start(Arc::new(config), Metrics::new())?;
         let shutdown = CancellationToken::new();
+        let reloadable: Vec<_> = http_tls.iter().chain(grpc_tls.iter()).cloned().collect();
+        if !reloadable.is_empty() {
+            tokio::spawn(reload_on_sighup(reloadable, shutdown.clone()));
+        }
         info!(http = %http_addr, grpc = %grpc_addr, brokers = ?bus.brokers(), "warren listening");
         let tasks = vec![
             tokio::spawn({
                 let (bus, shutdown) = (bus.clone(), shutdown.clone());
                 async move {
-                    if let Err(e) = crate::http::serve(bus, http, shutdown).await {
+                    if let Err(e) = crate::http::serve(bus, http, http_tls, shutdown).await {
                         error!(error = %e, "the HTTP server failed");
                     }
                 }
@@ -86,7 +111,7 @@ impl Server {
             tokio::spawn({
                 let (bus, shutdown) = (bus.clone(), shutdown.clone());
                 async move {
-                    if let Err(e) = crate::grpc::serve(bus, grpc, shutdown).await {
+                    if let Err(e) = crate::grpc::serve(bus, grpc, grpc_tls, shutdown).await {
                         error!(error = %e, "the gRPC server failed");
                     }
                 }
@@ -137,5 +162,31 @@ impl Server {
         }
         self.bus.close().await;
         info!("warren stopped");
+    }
+}
+
+/// Re-reads the listeners' TLS files on each SIGHUP (open connections keep
+/// theirs).
+async fn reload_on_sighup(tls: Vec<Arc<Tls>>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: TLS files will not be re-read");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup.recv() => {}
+            }
+            for listener in &tls {
+                listener.reload();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, shutdown);
     }
 }

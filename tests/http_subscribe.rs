@@ -65,6 +65,7 @@ async fn sse_delivers_acks_and_nacks() {
     assert_eq!(status, 404);
     let (status, _) = problem(
         http.post(warren.url("/v1/ack"))
+            .header("content-type", "application/json")
             .body("{")
             .send()
             .await

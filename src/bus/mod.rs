@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
+use crate::auth::{Caller, Credential};
 use breaker::Breaker;
 pub use dead_letters::{DeadLetter, Outcome as DeadLetterOutcome, Patch, Selection};
 use drain::Gate;
@@ -63,6 +64,7 @@ pub struct Bus {
     rpc: Rpc,
     dead_letters: dead_letters::DeadLetters,
     breaker: Arc<Breaker>,
+    auth: crate::auth::Auth,
     /// Every call passes it; shutdown closes it and waits for the passes.
     gate: Gate,
     /// Cancelled after the drain: ends subscriptions, publisher tasks and
@@ -73,8 +75,10 @@ pub struct Bus {
 
 impl Bus {
     /// Starts the connection pools (connecting in the background) and the
-    /// shared publishers.
-    pub fn start(config: Arc<Config>, metrics: Metrics) -> Arc<Self> {
+    /// shared publishers. Fails only when `[auth]`'s key material cannot be
+    /// read.
+    pub fn start(config: Arc<Config>, metrics: Metrics) -> Result<Arc<Self>, crate::auth::Invalid> {
+        let auth = crate::auth::Auth::new(&config.auth, &metrics)?;
         let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
         let consume_pool = Pool::start(Role::Consume, &config.amqp, metrics.clone());
         let probe_pool = Pool::start(Role::Probe, &config.amqp, metrics.clone());
@@ -137,7 +141,8 @@ impl Bus {
                 i64::from(connected)
             },
         );
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            auth,
             rpc,
             dead_letters,
             breaker,
@@ -153,7 +158,18 @@ impl Bus {
             gate: Gate::default(),
             shutdown,
             topology_declared: AtomicBool::new(false),
-        })
+        }))
+    }
+
+    /// The caller a credential proves (the anonymous caller, allowed
+    /// everything, while auth is off); UNAUTHENTICATED otherwise.
+    pub async fn authenticate(&self, credential: &Credential) -> Result<Caller, Error> {
+        self.auth.authenticate(credential).await
+    }
+
+    /// The authenticator.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.auth
     }
 
     /// The configuration the bus runs with.

@@ -4,6 +4,7 @@
 //! file (`--config`, else `config/warren.toml` when present), then environment
 //! variables `WARREN__SECTION__KEY` (for example `WARREN__AMQP__URL`).
 
+mod auth;
 mod retry;
 mod sections;
 mod topology;
@@ -13,10 +14,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use auth::{Auth, Client, Jwt};
 pub use retry::{Retry, RetryPolicy};
 pub use sections::{
-    Amqp, Breaker, DeadLetters, GrpcListener, Listener, Log, LogFormat, Publish, Rpc, Shutdown,
-    Subscribe,
+    Amqp, Breaker, DeadLetters, GrpcListener, Listener, ListenerTls, Log, LogFormat, Publish, Rpc,
+    Shutdown, Subscribe,
 };
 pub use topology::{Arguments, Binding, DestinationKind, Exchange, Queue, QueueKind, Topology};
 
@@ -48,6 +50,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// Exchanges, queues and bindings declared at start-up.
     pub topology: Topology,
+    /// Authentication and authorization.
+    pub auth: Auth,
 }
 
 /// A configuration that cannot be used: names the key and the value.
@@ -95,6 +99,8 @@ impl Config {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("http.allowed_hosts")
             .source(env);
         let mut config: Config = builder.add_source(environment).build()?.try_deserialize()?;
         config.retry.settle_default();
@@ -137,6 +143,9 @@ impl Config {
                 self.subscribe.max_subscriptions,
             ),
             ("rpc.max_pending", self.rpc.max_pending),
+            ("http.max_connections", self.http.max_connections),
+            ("grpc.max_connections", self.grpc.max_connections),
+            ("http.max_buffered_bytes", self.http.max_buffered_bytes),
             ("rpc.channels", self.rpc.channels),
             ("dead_letters.max_list", self.dead_letters.max_list),
             ("dead_letters.max_scan", self.dead_letters.max_scan),
@@ -149,6 +158,23 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, value, "must be at least 1"));
             }
+        }
+        // Room for the largest request (a JSON body may be twice the
+        // message body, base64 and escapes).
+        let largest = self.publish.max_body_bytes.saturating_mul(2) + 64 * 1024;
+        if self.http.max_buffered_bytes < largest {
+            return Err(invalid(
+                "http.max_buffered_bytes",
+                self.http.max_buffered_bytes,
+                format!("must be at least {largest} (2 x publish.max_body_bytes + 64 KiB: room for the largest request)"),
+            ));
+        }
+        if self.http.allowed_hosts.is_empty() {
+            return Err(invalid(
+                "http.allowed_hosts",
+                "[]",
+                "name at least one host, or \"*\" for any",
+            ));
         }
         if !(4096..=1_048_576).contains(&self.amqp.frame_max) {
             return Err(invalid(
@@ -190,6 +216,7 @@ impl Config {
             ("breaker.open_min", self.breaker.open_min),
             ("breaker.open_max", self.breaker.open_max),
             ("shutdown.grace", self.shutdown.grace),
+            ("http.read_timeout", self.http.read_timeout),
         ];
         for (key, value) in durations {
             if value < std::time::Duration::from_millis(2) {
@@ -239,6 +266,7 @@ impl Config {
             ));
         }
         self.retry.validate()?;
+        self.auth.validate()?;
         self.topology.validate()
     }
 }

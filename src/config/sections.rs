@@ -73,12 +73,46 @@ impl Amqp {
 pub struct Listener {
     /// Address to listen on (`host:port`; port 0 picks a free port).
     pub listen: String,
+    /// `Host` header values accepted (a port is ignored); others get 421.
+    /// `"*"` accepts any (DNS rebinding protection off). `/healthz`,
+    /// `/readyz` and `/metrics` answer any host (probes and scrapers use the
+    /// pod's address).
+    pub allowed_hosts: Vec<String>,
+    /// A client that takes longer than this to send its headers, or between
+    /// two parts of its body, is answered 408 or disconnected.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Most open connections; more are closed at once.
+    pub max_connections: usize,
+    /// Most bytes of request bodies held in memory at once; past it new
+    /// requests get 503.
+    pub max_buffered_bytes: usize,
+    /// TLS on this listener.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[http.tls]`, `[grpc.tls]`: PEM files, re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// CAs whose client certificates are required (mTLS); none: no client
+    /// certificates asked for.
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Listener {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:5680".into(),
+            allowed_hosts: ["localhost", "127.0.0.1", "::1"].map(String::from).into(),
+            read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -89,12 +123,18 @@ impl Default for Listener {
 pub struct GrpcListener {
     /// Address to listen on (`host:port`; port 0 picks a free port).
     pub listen: String,
+    /// Most open connections; more are closed at once.
+    pub max_connections: usize,
+    /// TLS on this listener.
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for GrpcListener {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:5681".into(),
+            max_connections: 4096,
+            tls: None,
         }
     }
 }

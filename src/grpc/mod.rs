@@ -10,6 +10,7 @@ mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +57,20 @@ fn header_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
 pub async fn serve(
     bus: Arc<Bus>,
     listener: TcpListener,
+    tls: Option<Arc<crate::listen::Tls>>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    // (Warren's own accept loop: the connection cap and TLS reloads.)
+    let handshake_timeout = bus.config().http.read_timeout;
+    let conns = crate::listen::accept(
+        "grpc",
+        listener,
+        bus.config().grpc.max_connections,
+        tls,
+        handshake_timeout,
+        shutdown.clone(),
+    );
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(bus.clone(), health, shutdown.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
@@ -81,10 +94,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, status};
+use crate::auth::{Caller, Credential};
 use crate::bus::{Bus, Confirmed};
 use crate::error::{code, Error};
 use crate::proto;
@@ -55,6 +56,25 @@ impl Service {
     pub fn new(bus: Arc<Bus>, shutdown: CancellationToken) -> Self {
         Self { bus, shutdown }
     }
+
+    /// The caller of `request`, as the bus authenticates its credential
+    /// (`authorization` metadata, else the TLS client certificate).
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let credential = Credential::of(
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes()),
+            request
+                .extensions()
+                .get::<crate::listen::ConnInfo>()
+                .and_then(|info| info.common_name.as_ref()),
+        );
+        self.bus
+            .authenticate(&credential)
+            .await
+            .map_err(|e| status(&e))
+    }
 }
 
 fn response(request_id: String, result: Result<Confirmed, Error>) -> proto::PublishResponse {
@@ -82,6 +102,7 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let name = request
             .metadata()
             .get(PUBLISHER_METADATA)
@@ -97,7 +118,9 @@ impl proto::bus_server::Bus for Service {
         let result = async {
             let mut publish = convert::publish(request)?;
             trace.apply(&mut publish.message)?;
-            self.bus.publish_unary(name.as_deref(), publish).await
+            self.bus
+                .publish_unary(&caller, name.as_deref(), publish)
+                .await
         }
         .await;
         match result {
@@ -112,7 +135,8 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<Streaming<proto::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let publisher = self.bus.session().map_err(|e| status(&e))?;
+        let caller = self.caller(&request).await?;
+        let publisher = self.bus.session(&caller).map_err(|e| status(&e))?;
         let window = self.bus.config().publish.stream_window;
         let (tx, rx) = mpsc::channel(window);
         let trace = Trace::of(request.metadata());
@@ -179,8 +203,13 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.caller(&request).await?;
         let request = convert::subscribe(request.into_inner());
-        let subscription = self.bus.subscribe(request).await.map_err(|e| status(&e))?;
+        let subscription = self
+            .bus
+            .subscribe(&caller, request)
+            .await
+            .map_err(|e| status(&e))?;
         // Ends with the subscription, when the client goes away (the stream is
         // dropped), or at shutdown.
         let stream = subscription
@@ -193,8 +222,9 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::AckRequest>,
     ) -> Result<Response<proto::AckResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let ids = request.into_inner().delivery_ids;
-        let acked = self.bus.ack(&ids).await.map_err(|e| status(&e))?;
+        let acked = self.bus.ack(&caller, &ids).await.map_err(|e| status(&e))?;
         Ok(Response::new(proto::AckResponse { acked }))
     }
 
@@ -202,10 +232,16 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::NackRequest>,
     ) -> Result<Response<proto::NackResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let nacked = self
             .bus
-            .nack(&request.delivery_ids, request.requeue, request.delay_ms)
+            .nack(
+                &caller,
+                &request.delivery_ids,
+                request.requeue,
+                request.delay_ms,
+            )
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(proto::NackResponse { nacked }))
@@ -215,6 +251,7 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::CallRequest>,
     ) -> Result<Response<proto::CallResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let deadline = super::deadline(request.metadata());
         let trace = Trace::of(request.metadata());
         let request = request.into_inner();
@@ -225,6 +262,7 @@ impl proto::bus_server::Bus for Service {
         let reply = self
             .bus
             .call(
+                &caller,
                 request.exchange,
                 request.routing_key,
                 message,
@@ -242,13 +280,14 @@ impl proto::bus_server::Bus for Service {
         &self,
         request: Request<proto::ReplyRequest>,
     ) -> Result<Response<proto::ReplyResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let trace = Trace::of(request.metadata());
         let request = request.into_inner();
         let mut message =
             convert::message(request.message.unwrap_or_default()).map_err(|e| status(&e))?;
         trace.apply(&mut message).map_err(|e| status(&e))?;
         self.bus
-            .reply(&request.delivery_id, message)
+            .reply(&caller, &request.delivery_id, message)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(proto::ReplyResponse {}))

@@ -4,40 +4,167 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::LengthLimitError;
-use http_body_util::{BodyExt, Limited};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::problem::Problem;
 use crate::error::Error;
 use crate::message::Message;
 
+/// What every body read shares: the budget of bytes held at once
+/// (`http.max_buffered_bytes`) and how long a client may pause
+/// (`http.read_timeout`).
+pub struct Limits {
+    budget: Arc<Semaphore>,
+    max_buffered: usize,
+    read_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits of `[http]`.
+    pub fn new(http: &crate::config::Listener) -> Self {
+        Self {
+            budget: Arc::new(Semaphore::new(http.max_buffered_bytes)),
+            max_buffered: http.max_buffered_bytes,
+            read_timeout: http.read_timeout,
+        }
+    }
+
+    fn take(&self, bytes: usize, held: &mut Option<OwnedSemaphorePermit>) -> Result<(), Problem> {
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let permit = self.budget.clone().try_acquire_many_owned(n).map_err(|_| {
+            Problem::from(Error::Unavailable {
+                reason: format!(
+                    "Warren holds {} bytes of request bodies already (http.max_buffered_bytes)",
+                    self.max_buffered
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+                cause: None,
+            })
+        })?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// A request body read whole, counted against the budget until dropped.
+pub struct Buffered {
+    bytes: Bytes,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Buffered {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// Reads the whole body, refusing (413) a declared or actual size over
-/// `limit` before buffering more than `limit` bytes.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+/// `limit` before buffering more than `limit` bytes, (503) past the budget,
+/// and (408) a client that pauses longer than `http.read_timeout`.
+pub async fn read(
+    limits: &Limits,
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+) -> Result<Buffered, Problem> {
+    let too_large = |size| {
+        Problem::from(Error::TooLarge {
+            what: "message body",
+            size,
+            limit,
+        })
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = declared.filter(|&size| size > limit) {
-        return Err(Error::TooLarge {
-            what: "message body",
-            size,
-            limit,
-        });
+        return Err(too_large(size));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(Error::TooLarge {
-            what: "message body",
-            size: limit + 1,
-            limit,
-        }),
-        Err(e) => Err(Error::InvalidArgument(format!(
-            "could not read the request body: {e}"
-        ))),
+    let mut held = None;
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
+    loop {
+        let frame = tokio::time::timeout(limits.read_timeout, body.frame())
+            .await
+            .map_err(|_| {
+                Problem::http(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    format!(
+                        "the request body stalled for {} (http.read_timeout)",
+                        humantime::format_duration(limits.read_timeout)
+                    ),
+                )
+                .closing()
+            })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            Problem::from(Error::InvalidArgument(format!(
+                "could not read the request body: {e}"
+            )))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(too_large(buf.len() + data.len()));
+        }
+        limits.take(data.len(), &mut held)?;
+        buf.extend_from_slice(&data);
     }
+    Ok(Buffered {
+        bytes: buf.freeze(),
+        _held: held,
+    })
+}
+
+/// Reads a JSON request: `Content-Type` must be `application/json` or a
+/// `+json` type (else 415: a browser form cannot post here), then the body
+/// within `limit`, then its parse.
+pub async fn read_json<T: DeserializeOwned>(
+    limits: &Limits,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(T, Buffered), Problem> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !is_json {
+        return Err(Problem::http(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "this endpoint takes Content-Type: application/json, not {:?}",
+                content_type
+            ),
+        ));
+    }
+    let bytes = read(limits, headers, body, limit).await?;
+    Ok((json(&bytes)?, bytes))
 }
 
 /// Carries W3C trace context from the request's headers into `message`.

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::auth::Authenticated;
 use super::body::{self, JsonMessage, JsonOut};
 use super::problem::Problem;
 use super::AppState;
@@ -58,11 +59,12 @@ impl From<DeadLetter> for JsonDeadLetter {
 /// `GET /v1/dead-letters/{dlq}?limit=N`: without removing them.
 pub async fn list(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(dlq): Path<String>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Listing>, Problem> {
     let Query(params) = params.map_err(|e| Error::InvalidArgument(e.body_text()))?;
-    let letters = state.bus.dead_letters(&dlq, params.limit).await?;
+    let letters = state.bus.dead_letters(&caller, &dlq, params.limit).await?;
     Ok(Json(Listing {
         messages: letters.into_iter().map(Into::into).collect(),
     }))
@@ -132,15 +134,16 @@ async fn select_request(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<SelectJson, Error> {
+) -> Result<SelectJson, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
-    let bytes = body::read(headers, body, body::json_limit(max)).await?;
-    body::json(&bytes)
+    let (request, _) = body::read_json(&state.limits, headers, body, body::json_limit(max)).await?;
+    Ok(request)
 }
 
 /// `POST /v1/dead-letters/{dlq}/replay`.
 pub async fn replay(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(dlq): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -148,7 +151,7 @@ pub async fn replay(
     let request = select_request(&state, &headers, body).await?;
     let selection = selection(&request)?;
     let patch = request.message.map(patch).transpose()?.unwrap_or_default();
-    let outcome = state.bus.replay(&dlq, &selection, &patch).await?;
+    let outcome = state.bus.replay(&caller, &dlq, &selection, &patch).await?;
     let DeadLetterOutcome { done, missing, .. } = partial(outcome, "replayed")?;
     Ok(Json(Replayed {
         replayed: done,
@@ -159,6 +162,7 @@ pub async fn replay(
 /// `POST /v1/dead-letters/{dlq}/discard`.
 pub async fn discard(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(dlq): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -168,7 +172,7 @@ pub async fn discard(
         return Err(Error::InvalidArgument("message belongs to replay".into()).into());
     }
     let selection = selection(&request)?;
-    let outcome = state.bus.discard(&dlq, &selection).await?;
+    let outcome = state.bus.discard(&caller, &dlq, &selection).await?;
     let DeadLetterOutcome { done, missing, .. } = partial(outcome, "discarded")?;
     Ok(Json(Discarded {
         discarded: done,

@@ -3,8 +3,10 @@
 //! Like the gRPC layer it only translates: requests into bus calls, bus
 //! errors into `application/problem+json` responses.
 
+pub mod auth;
 pub mod body;
 mod dead_letters;
+mod host;
 mod problem;
 mod publish;
 mod rpc;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -32,6 +34,8 @@ pub struct AppState {
     pub bus: Arc<Bus>,
     /// Cancelled at shutdown: long-lived responses end.
     pub shutdown: CancellationToken,
+    /// The budget and pace of request bodies.
+    pub limits: Arc<body::Limits>,
 }
 
 /// The routes of the HTTP API.
@@ -55,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            host::check,
+        ))
         .with_state(state)
         // Rejections of axum's own extractors (a path segment that is not
         // UTF-8, ...) become problems too.
@@ -65,9 +73,14 @@ pub fn router(state: AppState) -> Router {
         // (5xx answers are logged at DEBUG: a 503 from /readyz during an
         // outage is expected, and the bus logs the outage itself.)
         .layer(
-            tower_http::trace::TraceLayer::new_for_http().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
+            // (The path only: a query may hold an access token.)
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
+                })
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
         )
 }
 
@@ -83,7 +96,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, parts: axum::http::request::Parts) -> Response {
+    if !state.bus.auth().metrics_public() {
+        let credential = auth::credential(&parts, false);
+        if let Err(e) = state.bus.authenticate(&credential).await {
+            return Problem::from(e).into_response();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -91,6 +110,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.bus.metrics().render(),
     )
+        .into_response()
 }
 
 async fn method_not_allowed() -> Problem {
@@ -101,22 +121,73 @@ async fn not_found() -> Problem {
     Problem::from(Error::NotFound("no such endpoint".into()))
 }
 
-/// Serves HTTP on `listener` until `shutdown` is cancelled and open requests
-/// are done.
+/// Serves HTTP on `listener` (through `tls` when set) until `shutdown` is
+/// cancelled and open requests are done.
 pub async fn serve(
     bus: Arc<Bus>,
     listener: TcpListener,
+    tls: Option<Arc<crate::listen::Tls>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let config = bus.config().http.clone();
     let app = router(AppState {
+        limits: Arc::new(body::Limits::new(&config)),
         bus,
         shutdown: shutdown.clone(),
     });
-    // Small responses (confirms, SSE events) must not wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let mut conns = crate::listen::accept(
+        "http",
+        listener,
+        config.max_connections,
+        tls,
+        config.read_timeout,
+        shutdown.clone(),
+    );
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that stalls sending its headers (or keeps a connection idle)
+    // is disconnected after http.read_timeout.
+    // Header blocks up to 512 KiB and 1,024 fields reach Warren's own checks
+    // (which answer with a problem body: 413 when they would not fit an
+    // AMQP frame); only past that does hyper refuse them itself (a bare 431).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.read_timeout)
+        .max_headers(1024)
+        .max_buf_size(512 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            conn = conns.recv() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        let common_name = conn.info().common_name.clone();
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(cn) = &common_name {
+                    request.extensions_mut().insert(cn.clone());
+                }
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(conn), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -20,6 +20,8 @@ pub struct Problem {
     retry_after: Option<Duration>,
     /// Warren is going away: the client must not reuse the connection.
     close: bool,
+    /// A credential is needed: `WWW-Authenticate: Bearer`.
+    challenge: bool,
     /// Members beyond RFC 9457's (`replayed` of a partial replay, ...).
     extra: Map<String, Value>,
 }
@@ -35,6 +37,7 @@ impl From<Error> for Problem {
             retryable: e.is_retryable(),
             retry_after: e.retry_after(),
             close: matches!(e, Error::ShuttingDown),
+            challenge: matches!(e, Error::Unauthenticated(_)),
             extra: Map::new(),
         }
     }
@@ -51,6 +54,7 @@ impl Problem {
             retryable: false,
             retry_after: None,
             close: false,
+            challenge: false,
             extra: Map::new(),
         }
     }
@@ -62,6 +66,12 @@ impl Problem {
             "method-not-allowed",
             "this endpoint does not take that method",
         )
+    }
+
+    /// Asks the client to close the connection after this answer.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// Adds a member to the body.
@@ -125,6 +135,12 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"warren\""),
+            );
+        }
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

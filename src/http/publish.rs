@@ -7,9 +7,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::Authenticated;
 use super::body::{self, JsonMessage};
 use super::problem::Problem;
 use super::AppState;
+use crate::auth::Caller;
 use crate::bus::Publish;
 use crate::error::Error;
 use crate::message::Message;
@@ -51,11 +53,16 @@ fn publisher_name(headers: &HeaderMap) -> Result<Option<String>, Error> {
         .transpose()
 }
 
-async fn publish(state: &AppState, headers: &HeaderMap, publish: Publish) -> Result<String, Error> {
+async fn publish(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    publish: Publish,
+) -> Result<String, Error> {
     let name = publisher_name(headers)?;
     Ok(state
         .bus
-        .publish_unary(name.as_deref(), publish)
+        .publish_unary(caller, name.as_deref(), publish)
         .await?
         .message_id)
 }
@@ -63,17 +70,19 @@ async fn publish(state: &AppState, headers: &HeaderMap, publish: Publish) -> Res
 /// `POST /v1/publish`.
 pub async fn json(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
-    let bytes = body::read(&headers, body, body::json_limit(max)).await?;
-    let request: PublishJson = body::json(&bytes)?;
+    let (request, _buffered): (PublishJson, _) =
+        body::read_json(&state.limits, &headers, body, body::json_limit(max)).await?;
     let request_id = request.request_id;
     let mut message = request.message.into_message()?;
     body::trace(&headers, &mut message)?;
     let message_id = publish(
         &state,
+        &caller,
         &headers,
         Publish {
             exchange: request.exchange,
@@ -153,13 +162,14 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
 /// `POST /v1/publish/{exchange}/{routing_key}`: the body as is.
 pub async fn raw(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path((exchange, routing_key)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
-    let bytes = body::read(&headers, body, max).await?;
-    let mut message = raw_message(&headers, bytes)?;
+    let buffered = body::read(&state.limits, &headers, body, max).await?;
+    let mut message = raw_message(&headers, bytes::Bytes::clone(&buffered))?;
     body::trace(&headers, &mut message)?;
     let exchange = if exchange == "amq.default" {
         String::new()
@@ -172,7 +182,7 @@ pub async fn raw(
         message,
         mandatory: !flag(&headers, "x-warren-allow-unroutable")?,
     };
-    let message_id = publish(&state, &headers, publish_request).await?;
+    let message_id = publish(&state, &caller, &headers, publish_request).await?;
     Ok(Json(Published {
         message_id,
         request_id: text(&headers, "x-request-id")?,

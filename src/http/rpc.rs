@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Authenticated;
 use super::body::{self, JsonMessage, JsonOut};
 use super::problem::Problem;
 use super::AppState;
@@ -26,17 +27,19 @@ pub struct CallJson {
 /// `POST /v1/call` -> the reply message; 504 when no reply came in time.
 pub async fn call(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<JsonOut>, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
-    let bytes = body::read(&headers, body, body::json_limit(max)).await?;
-    let request: CallJson = body::json(&bytes)?;
+    let (request, _buffered): (CallJson, _) =
+        body::read_json(&state.limits, &headers, body, body::json_limit(max)).await?;
     let mut message = request.message.into_message()?;
     body::trace(&headers, &mut message)?;
     let reply = state
         .bus
         .call(
+            &caller,
             request.exchange,
             request.routing_key,
             message,
@@ -64,14 +67,18 @@ pub struct Replied {
 /// `POST /v1/reply`: answers a delivered request and acks it.
 pub async fn reply(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Replied>, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
-    let bytes = body::read(&headers, body, body::json_limit(max)).await?;
-    let request: ReplyJson = body::json(&bytes)?;
+    let (request, _buffered): (ReplyJson, _) =
+        body::read_json(&state.limits, &headers, body, body::json_limit(max)).await?;
     let mut message = request.message.into_message()?;
     body::trace(&headers, &mut message)?;
-    state.bus.reply(&request.delivery_id, message).await?;
+    state
+        .bus
+        .reply(&caller, &request.delivery_id, message)
+        .await?;
     Ok(Json(Replied { replied: true }))
 }

@@ -11,6 +11,7 @@ use axum::Json;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Authenticated;
 use super::body::{self, JsonOut};
 use super::problem::Problem;
 use super::AppState;
@@ -32,6 +33,8 @@ pub struct Params {
     /// With header_match: all must match (`x-match=all`), else any.
     match_all: bool,
     consumer_priority: i32,
+    /// The bearer token (read by the transport's credential extraction).
+    access_token: Option<String>,
 }
 
 /// A delivery as one line of JSON.
@@ -80,6 +83,7 @@ fn event(item: Result<Delivery, Error>) -> Event {
 /// `GET /v1/subscribe/{queue}?prefetch=N&auto_ack=false`.
 pub async fn subscribe(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated<true>,
     Path(queue): Path<String>,
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
@@ -112,7 +116,7 @@ pub async fn subscribe(
         match_all: params.match_all,
         consumer_priority: params.consumer_priority,
     };
-    let subscription = state.bus.subscribe(request).await?;
+    let subscription = state.bus.subscribe(&caller, request).await?;
     let keepalive = state.bus.config().subscribe.keepalive;
     // Ends when the client disconnects (the stream is dropped), when the
     // broker ends the subscription, or at shutdown.
@@ -145,24 +149,29 @@ pub struct Settled {
     nacked: Option<u32>,
 }
 
-async fn settle_request(headers: &HeaderMap, body: Body) -> Result<SettleRequest, Error> {
-    let bytes = body::read(headers, body, 1024 * 1024).await?;
-    body::json(&bytes)
+async fn settle_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<SettleRequest, Problem> {
+    let (request, _) = body::read_json(&state.limits, headers, body, 1024 * 1024).await?;
+    Ok(request)
 }
 
 /// `POST /v1/ack` `{delivery_ids}`.
 pub async fn ack(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settled>, Problem> {
-    let request = settle_request(&headers, body).await?;
+    let request = settle_request(&state, &headers, body).await?;
     if request.requeue || request.delay_ms != 0 {
         return Err(
             Error::InvalidArgument("requeue and delay_ms belong to /v1/nack".into()).into(),
         );
     }
-    let acked = state.bus.ack(&request.delivery_ids).await?;
+    let acked = state.bus.ack(&caller, &request.delivery_ids).await?;
     Ok(Json(Settled {
         acked: Some(acked),
         nacked: None,
@@ -172,13 +181,19 @@ pub async fn ack(
 /// `POST /v1/nack` `{delivery_ids, requeue}`.
 pub async fn nack(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settled>, Problem> {
-    let request = settle_request(&headers, body).await?;
+    let request = settle_request(&state, &headers, body).await?;
     let nacked = state
         .bus
-        .nack(&request.delivery_ids, request.requeue, request.delay_ms)
+        .nack(
+            &caller,
+            &request.delivery_ids,
+            request.requeue,
+            request.delay_ms,
+        )
         .await?;
     Ok(Json(Settled {
         acked: None,

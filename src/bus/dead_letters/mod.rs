@@ -13,6 +13,7 @@
 mod scan;
 
 use super::Bus;
+use crate::auth::{Access, Caller};
 use crate::error::Error;
 use crate::message::{check_short, Headers, Message};
 
@@ -64,7 +65,13 @@ pub struct Outcome {
 
 impl Bus {
     /// Up to `limit` dead letters of `dlq`, left in place.
-    pub async fn dead_letters(&self, dlq: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+    pub async fn dead_letters(
+        &self,
+        caller: &Caller,
+        dlq: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        caller.permit(Access::Admin)?;
         let _pass = self.enter()?;
         let max = self.config.dead_letters.max_list;
         if limit > max {
@@ -78,10 +85,12 @@ impl Bus {
     /// Replays the selected dead letters of `dlq` to their original queues.
     pub async fn replay(
         &self,
+        caller: &Caller,
         dlq: &str,
         selection: &Selection,
         patch: &Patch,
     ) -> Result<Outcome, Error> {
+        caller.permit(Access::Admin)?;
         let _pass = self.enter_broker()?;
         if let Some(body) = &patch.body {
             if body.len() > self.config.publish.max_body_bytes {
@@ -107,7 +116,13 @@ impl Bus {
     }
 
     /// Removes the selected dead letters of `dlq` for good.
-    pub async fn discard(&self, dlq: &str, selection: &Selection) -> Result<Outcome, Error> {
+    pub async fn discard(
+        &self,
+        caller: &Caller,
+        dlq: &str,
+        selection: &Selection,
+    ) -> Result<Outcome, Error> {
+        caller.permit(Access::Admin)?;
         let _pass = self.enter()?;
         self.dead_letters.discard(dlq, selection).await
     }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::Bus;
+use crate::auth::{Access, Caller};
 use crate::error::Error;
 use crate::message::Message;
 
@@ -25,6 +26,12 @@ pub use registry::Handle as PublisherHandle;
 pub(super) use registry::Publishers;
 pub(super) use shared::Shared;
 pub(super) use verdict::Context;
+
+/// Whether `caller` may publish `publish` now (permission, then rate).
+fn admit(caller: &Caller, publish: &Publish) -> Result<(), Error> {
+    caller.permit(Access::Publish(&publish.exchange))?;
+    caller.admit_publish()
+}
 
 /// A message to publish and where to.
 #[derive(Debug, Clone, Default)]
@@ -55,10 +62,12 @@ impl Bus {
     /// on one of the shared channels.
     pub async fn publish_unary(
         &self,
+        caller: &Caller,
         publisher: Option<&str>,
         publish: Publish,
     ) -> Result<Confirmed, Error> {
         let Some(name) = publisher else {
+            self.counted(admit(caller, &publish))?;
             let _pass = self.counted(self.enter_broker())?;
             return self.publish_shared(publish).await;
         };
@@ -67,7 +76,7 @@ impl Bus {
                 "a publisher name must be 1 to 128 bytes".into(),
             )));
         }
-        let publisher = self.counted(self.publishers.named(name))?;
+        let publisher = self.counted(self.publishers.named(caller, name))?;
         let pending = self.submit(&publisher, publish).await?;
         pending.await.unwrap_or(Err(Error::ShuttingDown))
     }
@@ -79,14 +88,15 @@ impl Bus {
         self.shared.publish(&publish, None, started).await
     }
 
-    /// A publisher of its own, for one publish stream; it closes its channel
-    /// once the handle is dropped and its messages are settled.
-    pub fn session(&self) -> Result<PublisherHandle, Error> {
+    /// A publisher of its own, for one publish stream of `caller`; it closes
+    /// its channel once the handle is dropped and its messages are settled.
+    pub fn session(&self, caller: &Caller) -> Result<PublisherHandle, Error> {
         let _pass = self.enter()?;
-        self.publishers.dedicated()
+        self.publishers.dedicated(caller)
     }
 
-    /// Validates `publish` and queues it on `publisher`, in call order.
+    /// Checks `publish` against its publisher's permissions and rate,
+    /// validates it and queues it on `publisher`, in call order.
     /// The returned future resolves with the broker's verdict; the drain
     /// waits for it.
     pub async fn submit(
@@ -95,6 +105,7 @@ impl Bus {
         publish: Publish,
     ) -> Result<Pending, Error> {
         let started = Instant::now();
+        self.counted(admit(&publisher.caller, &publish))?;
         let pass = self.counted(self.enter_broker())?;
         let publish = self.counted(self.prepare(publish).await)?;
         let (reply, pending) = oneshot::channel();
@@ -105,7 +116,7 @@ impl Bus {
             reply,
             _pass: pass,
         };
-        if publisher.0.send(command).await.is_err() {
+        if publisher.tx.send(command).await.is_err() {
             self.metrics.publish(crate::metrics::outcome::UNAVAILABLE);
             return Err(Error::ShuttingDown);
         }

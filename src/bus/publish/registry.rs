@@ -12,11 +12,19 @@ use tokio_util::task::TaskTracker;
 
 use super::session::{self, Command};
 use super::verdict::Context;
+use crate::auth::{Caller, Share};
 use crate::error::Error;
 
-/// A handle on one publisher task; the task ends when all handles are gone.
+/// A handle on one publisher task, and whose it is; the task ends when all
+/// handles are gone.
 #[derive(Clone)]
-pub struct Handle(pub(in crate::bus) mpsc::Sender<Command>);
+pub struct Handle {
+    pub(in crate::bus) tx: mpsc::Sender<Command>,
+    pub(in crate::bus) caller: Caller,
+}
+
+/// A named publisher's owner (none while auth is off) and name.
+type NamedKey = (Option<Arc<str>>, String);
 
 struct Named {
     handle: Handle,
@@ -28,7 +36,8 @@ pub struct Publishers {
     ctx: Context,
     permits: Arc<Semaphore>,
     max_channels: usize,
-    named: Mutex<HashMap<String, Named>>,
+    /// By owner (none while auth is off) and name: clients do not share names.
+    named: Mutex<HashMap<NamedKey, Named>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -61,34 +70,40 @@ impl Publishers {
         this
     }
 
-    /// A new publisher of its own (for a publish stream), within the cap.
-    pub fn dedicated(&self) -> Result<Handle, Error> {
+    /// A new publisher of its own (for a publish stream), within the cap
+    /// and the caller's share.
+    pub fn dedicated(&self, caller: &Caller) -> Result<Handle, Error> {
+        let held = caller.hold(Share::Publisher)?;
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Error::LimitReached(format!(
                 "all {} publisher channels are in use (amqp.max_channels)",
                 self.max_channels
             ))
         })?;
-        Ok(Handle(session::spawn(
-            self.ctx.clone(),
-            permit,
-            self.shutdown.clone(),
-            &self.tracker,
-        )))
+        Ok(Handle {
+            tx: session::spawn(
+                self.ctx.clone(),
+                (permit, held),
+                self.shutdown.clone(),
+                &self.tracker,
+            ),
+            caller: caller.clone(),
+        })
     }
 
-    /// The publisher named `name`, created on first use.
-    pub fn named(&self, name: &str) -> Result<Handle, Error> {
+    /// The caller's publisher named `name`, created on first use.
+    pub fn named(&self, caller: &Caller, name: &str) -> Result<Handle, Error> {
         let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = named.get_mut(name) {
-            if !entry.handle.0.is_closed() {
+        let key = (caller.owner().cloned(), name.to_owned());
+        if let Some(entry) = named.get_mut(&key) {
+            if !entry.handle.tx.is_closed() {
                 entry.last_used = Instant::now();
                 return Ok(entry.handle.clone());
             }
         }
-        let handle = self.dedicated()?;
+        let handle = self.dedicated(caller)?;
         named.insert(
-            name.to_owned(),
+            key,
             Named {
                 handle: handle.clone(),
                 last_used: Instant::now(),
@@ -123,6 +138,6 @@ async fn reap(
             return;
         };
         let mut named = publishers.named.lock().unwrap_or_else(|e| e.into_inner());
-        named.retain(|_, entry| entry.last_used.elapsed() < idle && !entry.handle.0.is_closed());
+        named.retain(|_, entry| entry.last_used.elapsed() < idle && !entry.handle.tx.is_closed());
     }
 }

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use super::verdict::{retry_backoff, verdict, Context, Outcome};
 use super::{Confirmed, Publish};
 use crate::amqp::{codec, Channel};
+use crate::auth::Held;
 use crate::bus::drain::Pass;
 use crate::error::Error;
 use crate::metrics::outcome;
@@ -60,7 +61,7 @@ type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
 /// is dropped and its messages are settled.
 pub(crate) fn spawn(
     ctx: Context,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, Held),
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> mpsc::Sender<Command> {

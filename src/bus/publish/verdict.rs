@@ -137,6 +137,8 @@ pub(crate) fn outcome_of(error: &Error) -> usize {
         | Error::TooLarge { .. }
         | Error::FailedPrecondition(_)
         | Error::PermissionDenied(_)
+        | Error::Unauthenticated(_)
+        | Error::RateLimited { .. }
         | Error::LimitReached(_) => outcome::INVALID,
         Error::Unavailable { .. }
         | Error::DeadlineExceeded(_)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Bus, Publish};
+use crate::auth::{Access, Caller};
 use crate::error::Error;
 use crate::message::Message;
 
@@ -22,12 +23,15 @@ impl Bus {
     /// A request no queue is bound for fails at once (calls are mandatory).
     pub async fn call(
         &self,
+        caller: &Caller,
         exchange: String,
         routing_key: String,
         message: Message,
         timeout_ms: u32,
         deadline: Option<Duration>,
     ) -> Result<Message, Error> {
+        caller.permit(Access::Call(&exchange))?;
+        caller.admit_publish()?;
         let timeout = self.rpc.timeout(timeout_ms, deadline)?;
         let until = Instant::now() + timeout;
         let _pass = self.enter_broker()?;
@@ -54,9 +58,15 @@ impl Bus {
 
     /// Answers a delivered request: publishes `message` to its reply_to with
     /// its correlation id (confirmed), then acks the request.
-    pub async fn reply(&self, delivery_id: &str, mut message: Message) -> Result<(), Error> {
+    pub async fn reply(
+        &self,
+        caller: &Caller,
+        delivery_id: &str,
+        mut message: Message,
+    ) -> Result<(), Error> {
         let _pass = self.enter_broker()?;
-        let (reply_to, correlation_id) = self.subscriptions.reply_target(delivery_id).await?;
+        let (reply_to, correlation_id) =
+            self.subscriptions.reply_target(caller, delivery_id).await?;
         message.correlation_id = correlation_id;
         message.reply_to.clear();
         let publish = Publish {
@@ -67,7 +77,7 @@ impl Bus {
         };
         self.publish_shared(publish).await?;
         self.subscriptions
-            .settle(&[delivery_id.to_owned()], super::Action::Ack)
+            .settle(caller, &[delivery_id.to_owned()], super::Action::Ack)
             .await
             .map(|_| ())
     }

@@ -30,12 +30,13 @@ use crate::metrics::Metrics;
 pub(crate) struct Context {
     pub pool: Arc<Pool>,
     pub metrics: Metrics,
-    pub instance: u64,
     pub retrier: Arc<crate::bus::retry::Retrier>,
 }
 
 pub(crate) struct Subscriber {
     pub id: u64,
+    /// The secret part of its delivery ids (never logged).
+    pub key: u128,
     /// Opens the consumer again after the connection is lost.
     pub opener: Opener,
     pub queue: String,
@@ -192,8 +193,7 @@ impl Subscriber {
             .headers
             .retain(|k, _| !k.starts_with(RESERVED_PREFIX));
         let id = DeliveryId {
-            instance: self.ctx.instance,
-            subscription: self.id,
+            subscription: self.key,
             generation: state.generation,
             tag: d.delivery_tag,
         };

@@ -58,12 +58,12 @@ pub struct Delivery {
     pub queue: String,
 }
 
-/// Where a delivery id points: process, subscription, channel generation
-/// and delivery tag. Rendered as four hex numbers joined by `-`.
+/// Where a delivery id points: the subscription (128 random bits, so ids
+/// cannot be guessed), its channel generation and the delivery tag.
+/// Rendered as three hex numbers joined by `-`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeliveryId {
-    pub instance: u64,
-    pub subscription: u64,
+    pub subscription: u128,
     pub generation: u64,
     pub tag: u64,
 }
@@ -72,18 +72,26 @@ impl DeliveryId {
     /// Parses an id; anything malformed is NOT_FOUND, as ids are opaque.
     pub fn parse(id: &str) -> Result<Self, Error> {
         let unknown = || Error::NotFound(format!("unknown delivery id {id:?}"));
-        let mut parts = id.split('-').map(|p| u64::from_str_radix(p, 16));
-        let mut next = || parts.next().and_then(Result::ok).ok_or_else(unknown);
-        let parsed = Self {
-            instance: next()?,
-            subscription: next()?,
-            generation: next()?,
-            tag: next()?,
+        let mut parts = id.split('-');
+        let mut next = || {
+            parts
+                .next()
+                .filter(|p| {
+                    !p.is_empty() && p.len() <= 32 && p.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+                .ok_or_else(unknown)
         };
-        if id.split('-').count() != 4 {
+        let subscription = u128::from_str_radix(next()?, 16).map_err(|_| unknown())?;
+        let generation = u64::from_str_radix(next()?, 16).map_err(|_| unknown())?;
+        let tag = u64::from_str_radix(next()?, 16).map_err(|_| unknown())?;
+        if next().is_ok() {
             return Err(unknown());
         }
-        Ok(parsed)
+        Ok(Self {
+            subscription,
+            generation,
+            tag,
+        })
     }
 }
 
@@ -91,8 +99,8 @@ impl std::fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:x}-{:x}-{:x}-{:x}",
-            self.instance, self.subscription, self.generation, self.tag
+            "{:032x}-{:x}-{:x}",
+            self.subscription, self.generation, self.tag
         )
     }
 }
@@ -125,13 +133,12 @@ mod tests {
     #[test]
     fn ids_round_trip_and_garbage_is_not_found() {
         let id = DeliveryId {
-            instance: 0xabc,
-            subscription: 7,
+            subscription: rand::random(),
             generation: 1,
             tag: 99,
         };
         assert_eq!(DeliveryId::parse(&id.to_string()).unwrap(), id);
-        for bad in ["", "x", "1-2-3", "1-2-3-4-5", "g-1-1-1", "1--1-1"] {
+        for bad in ["", "x", "1-2", "1-2-3-4", "g-1-1", "1--1", "+1-1-1", "1-1-"] {
             assert!(
                 matches!(DeliveryId::parse(bad), Err(Error::NotFound(_))),
                 "{bad}"

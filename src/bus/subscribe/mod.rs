@@ -14,6 +14,7 @@ mod registry;
 mod settle;
 
 use super::Bus;
+use crate::auth::{Access, Caller, Share};
 use crate::error::Error;
 
 pub(crate) use delivery::attempt;
@@ -26,25 +27,44 @@ pub use settle::Action;
 pub const MAX_NACK_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;
 
 impl Bus {
-    /// Opens a subscription; deliveries flow until it is dropped.
-    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, Error> {
+    /// Opens a subscription of `caller`'s; deliveries flow until it is
+    /// dropped. It needs `consume` on the queue (a temporary queue: on the
+    /// exchange it is bound to), checked before anything is declared.
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        request: SubscribeRequest,
+    ) -> Result<Subscription, Error> {
         let _pass = self.enter()?;
+        let consumed = if request.queue.is_empty() {
+            &request.exchange
+        } else {
+            &request.queue
+        };
+        caller.permit(Access::Consume(consumed))?;
+        let held = caller.hold(Share::Subscription)?;
         self.subscriptions
-            .open(request, self.publish_pool.frame_max())
+            .open(caller, held, request, self.publish_pool.frame_max())
             .await
     }
 
     /// Acks deliveries by id (all or none of one stream's ids). Answers once
-    /// the ack was sent to the broker.
-    pub async fn ack(&self, ids: &[String]) -> Result<u32, Error> {
+    /// the ack was sent to the broker. Another client's ids are NOT_FOUND.
+    pub async fn ack(&self, caller: &Caller, ids: &[String]) -> Result<u32, Error> {
         let _pass = self.enter()?;
-        self.subscriptions.settle(ids, Action::Ack).await
+        self.subscriptions.settle(caller, ids, Action::Ack).await
     }
 
     /// Nacks deliveries: `requeue` retries them under the queue's retry
     /// policy (after `delay_ms`, or the policy's backoff when 0; dead-lettered
     /// once the policy's attempts are used), else they are dead-lettered.
-    pub async fn nack(&self, ids: &[String], requeue: bool, delay_ms: u32) -> Result<u32, Error> {
+    pub async fn nack(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        requeue: bool,
+        delay_ms: u32,
+    ) -> Result<u32, Error> {
         let _pass = self.enter()?;
         if delay_ms > MAX_NACK_DELAY_MS {
             return Err(Error::InvalidArgument(format!(
@@ -56,6 +76,6 @@ impl Bus {
         } else {
             Action::DeadLetter
         };
-        self.subscriptions.settle(ids, action).await
+        self.subscriptions.settle(caller, ids, action).await
     }
 }

@@ -13,6 +13,7 @@ use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
 use super::open::{Opened, Opener};
 use super::settle::{Action, Settle};
 use crate::amqp::Pool;
+use crate::auth::{Caller, Held};
 use crate::bus::exchanges::Exchanges;
 use crate::bus::retry::Retrier;
 use crate::config;
@@ -42,15 +43,21 @@ impl futures::Stream for Subscription {
     }
 }
 
+/// A live subscription as acks find it: whose it is and its settle queue.
+struct Live {
+    owner: Option<Arc<str>>,
+    settle: mpsc::Sender<Settle>,
+}
+
 /// Every subscription of the bus.
 pub struct Subscriptions {
     pool: Arc<Pool>,
     isolated: Arc<Pool>,
     metrics: Metrics,
     config: config::Subscribe,
-    instance: u64,
+    live: Arc<RwLock<HashMap<u128, Live>>>,
+    /// Names subscriptions in logs.
     next_id: AtomicU64,
-    live: Arc<RwLock<HashMap<u64, mpsc::Sender<Settle>>>>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -74,8 +81,6 @@ impl Subscriptions {
             isolated,
             metrics,
             config,
-            // Random per process: ids from before a restart are unknown after it.
-            instance: rand::random::<u64>() >> 16,
             next_id: AtomicU64::new(1),
             live: Arc::new(RwLock::new(HashMap::new())),
             tracker: TaskTracker::new(),
@@ -131,8 +136,14 @@ impl Subscriptions {
         }
     }
 
-    /// Opens a subscription.
-    pub async fn open(&self, r: SubscribeRequest, frame_max: usize) -> Result<Subscription, Error> {
+    /// Opens a subscription of `caller`'s, holding its share `held`.
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        held: Held,
+        r: SubscribeRequest,
+        frame_max: usize,
+    ) -> Result<Subscription, Error> {
         let prefetch = self.validate(&r, frame_max)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Error::LimitReached(format!(
@@ -152,16 +163,33 @@ impl Subscriptions {
             queue,
             consumer,
         } = opener.open().await?;
+        // 128 random bits (a CSPRNG's): delivery ids cannot be guessed,
+        // and ids from before a restart are unknown after it.
+        let key = loop {
+            let key = rand::random::<u128>();
+            if !self
+                .live
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&key)
+            {
+                break key;
+            }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (settle_tx, settle) = mpsc::channel(64);
         let (out, deliveries) = mpsc::channel(usize::from(prefetch).clamp(1, 1024));
         let cancel = self.shutdown.child_token();
-        self.live
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, settle_tx.clone());
+        self.live.write().unwrap_or_else(|e| e.into_inner()).insert(
+            key,
+            Live {
+                owner: caller.owner().cloned(),
+                settle: settle_tx.clone(),
+            },
+        );
         let subscriber = Subscriber {
             id,
+            key,
             opener,
             queue: queue.clone(),
             channel,
@@ -170,7 +198,6 @@ impl Subscriptions {
             ctx: Context {
                 pool: self.pool.clone(),
                 metrics: self.metrics.clone(),
-                instance: self.instance,
                 retrier: self.retrier.clone(),
             },
             settle,
@@ -181,8 +208,8 @@ impl Subscriptions {
         let live = self.live.clone();
         self.tracker.spawn(async move {
             subscriber.run().await;
-            live.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            drop(slot);
+            live.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            drop((slot, held));
         });
         Ok(Subscription {
             deliveries,
@@ -191,72 +218,63 @@ impl Subscriptions {
         })
     }
 
-    /// Settles deliveries by id; unknown, settled or orphaned ids are NOT_FOUND.
-    pub async fn settle(&self, ids: &[String], action: Action) -> Result<u32, Error> {
+    /// The settle queue of the subscription `id` belongs to, when it is
+    /// live and `caller`'s; NOT_FOUND otherwise, the same answer either way
+    /// (another client's ids are not told apart from unknown ones).
+    fn route(&self, caller: &Caller, id: &DeliveryId) -> Result<mpsc::Sender<Settle>, Error> {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        live.get(&id.subscription)
+            .filter(|l| l.owner.as_ref() == caller.owner())
+            .map(|l| l.settle.clone())
+            .ok_or_else(|| gone(id))
+    }
+
+    /// Settles `caller`'s deliveries by id; unknown, settled, orphaned or
+    /// other clients' ids are NOT_FOUND.
+    pub async fn settle(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        action: Action,
+    ) -> Result<u32, Error> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no delivery_ids given".into()));
         }
-        let mut by_subscription: HashMap<u64, Vec<DeliveryId>> = HashMap::new();
+        let mut by_subscription: HashMap<u128, Vec<DeliveryId>> = HashMap::new();
         for id in ids {
             let parsed = DeliveryId::parse(id)?;
-            if parsed.instance != self.instance {
-                return Err(Error::NotFound(format!("delivery {id} is from an earlier Warren process; its message is back in the queue")));
-            }
             by_subscription
                 .entry(parsed.subscription)
                 .or_default()
                 .push(parsed);
         }
         let mut senders = Vec::with_capacity(by_subscription.len());
-        {
-            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
-            for (sub, ids) in by_subscription {
-                let Some(sender) = live.get(&sub) else {
-                    return Err(Error::NotFound(format!(
-                        "delivery {} belongs to a subscription that has ended; its message is back in the queue",
-                        ids[0]
-                    )));
-                };
-                senders.push((sender.clone(), ids));
-            }
+        for ids in by_subscription.into_values() {
+            senders.push((self.route(caller, &ids[0])?, ids));
         }
         let mut settled = 0;
         for (sender, ids) in senders {
             let (reply, answer) = oneshot::channel();
-            let gone = || {
-                Error::NotFound("the subscription of these deliveries has ended; their messages are back in the queue".into())
-            };
+            let first = ids[0];
             sender
                 .send(Settle::Client { ids, action, reply })
                 .await
-                .map_err(|_| gone())?;
-            settled += answer.await.map_err(|_| gone())??;
+                .map_err(|_| gone(&first))?;
+            settled += answer.await.map_err(|_| gone(&first))??;
         }
         Ok(settled)
     }
 
-    /// The reply_to and correlation_id of an unsettled delivery.
-    pub async fn reply_target(&self, id: &str) -> Result<(String, String), Error> {
+    /// The reply_to and correlation_id of `caller`'s unsettled delivery.
+    pub async fn reply_target(&self, caller: &Caller, id: &str) -> Result<(String, String), Error> {
         let parsed = DeliveryId::parse(id)?;
-        let sender = (parsed.instance == self.instance)
-            .then(|| {
-                self.live
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&parsed.subscription)
-                    .cloned()
-            })
-            .flatten()
-            .ok_or_else(|| {
-                Error::NotFound(format!("delivery {id} belongs to no live subscription"))
-            })?;
+        let sender = self.route(caller, &parsed)?;
         let (reply, answer) = oneshot::channel();
-        let gone = || Error::NotFound(format!("delivery {id} belongs to no live subscription"));
         sender
             .send(Settle::Peek { id: parsed, reply })
             .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+            .map_err(|_| gone(&parsed))?;
+        answer.await.map_err(|_| gone(&parsed))?
     }
 
     /// Waits until every subscription has closed its channel.
@@ -264,4 +282,10 @@ impl Subscriptions {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+fn gone(id: &DeliveryId) -> Error {
+    Error::NotFound(format!(
+        "delivery {id} belongs to no live subscription of this client (it ended, or Warren restarted): its message is back in the queue"
+    ))
 }
