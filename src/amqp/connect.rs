@@ -15,7 +15,10 @@ use std::sync::Arc;
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 use lapin::{Connection, ConnectionProperties};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, InconsistentKeys, RootCertStore};
 
 use crate::config::{self, Password, Secrets};
 
@@ -38,15 +41,23 @@ impl Connector {
     /// the key at fault.
     pub fn new(amqp: &config::Amqp) -> Result<Self, config::Error> {
         let secrets = Secrets::read(amqp)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        if let Some((chain, key)) = &secrets.identity {
+            // Checked even when no URI is amqps://: a bad pair is a bad
+            // configuration either way.
+            check_identity(&amqp.tls, chain, key, &provider)?;
+        }
         let password = secrets.password.clone();
         let identity = secrets.identity.is_some();
         let tls_needed = amqp
             .urls()
             .iter()
             .any(|u| url::Url::parse(u).is_ok_and(|u| u.scheme() == "amqps"));
-        let tls = match tls_needed {
-            true => Some(RustlsConnector::from(client_config(&amqp.tls, secrets)?)),
-            false => None,
+        let tls = if tls_needed {
+            let config = client_config(&amqp.tls, secrets, provider)?;
+            Some(RustlsConnector::from(config))
+        } else {
+            None
         };
         Ok(Self {
             tls,
@@ -132,8 +143,11 @@ fn refused(key: &str, path: Option<&Path>, reason: impl Into<String>) -> config:
 
 /// Trusts the CAs of `amqp.tls.ca_file`, else the system's; presents the
 /// client certificate when there is one.
-fn client_config(tls: &config::AmqpTls, secrets: Secrets) -> Result<ClientConfig, config::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+fn client_config(
+    tls: &config::AmqpTls,
+    secrets: Secrets,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig, config::Error> {
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| refused("amqp.tls", None, e.to_string()))?;
@@ -162,10 +176,44 @@ fn client_config(tls: &config::AmqpTls, secrets: Secrets) -> Result<ClientConfig
     let builder = builder.with_root_certificates(roots);
     match secrets.identity {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
-            let reason = format!("does not go with amqp.tls.cert_file: {e}");
-            refused("amqp.tls.key_file", tls.key_file.as_deref(), reason)
+            let reason = format!("not a usable client certificate: {e}");
+            refused("amqp.tls.cert_file", tls.cert_file.as_deref(), reason)
         }),
         None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Whether rustls takes the key and whether it goes with the certificate.
+fn check_identity(
+    tls: &config::AmqpTls,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<(), config::Error> {
+    let key_file = tls.key_file.as_deref();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| {
+            refused(
+                "amqp.tls.key_file",
+                key_file,
+                format!("not a usable key: {e}"),
+            )
+        })?;
+    match CertifiedKey::new(chain.to_vec(), signing_key).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(()),
+        Err(e @ rustls::Error::InconsistentKeys(_)) => Err(refused(
+            "amqp.tls.key_file",
+            key_file,
+            format!("does not go with amqp.tls.cert_file: {e}"),
+        )),
+        // Matching parses the certificate (webpki wants X.509 v3).
+        Err(e) => Err(refused(
+            "amqp.tls.cert_file",
+            tls.cert_file.as_deref(),
+            format!("not a usable client certificate: {e}"),
+        )),
     }
 }
 
@@ -181,6 +229,45 @@ mod tests {
             heartbeat: 7,
             frame_max: 8192,
         }
+    }
+
+    #[test]
+    fn tls_is_built_for_amqps_and_a_key_must_match_its_certificate() {
+        let dir = std::env::temp_dir().join(format!("warren-connect-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["warren".into()]).unwrap();
+        let cert = write("cert.pem", params.self_signed(&key).unwrap().pem());
+        let other = write(
+            "other.pem",
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let mut amqp = config::Amqp {
+            url: "amqp://a/%2f, amqps://b/%2f".into(),
+            tls: config::AmqpTls {
+                ca_file: Some(cert.clone()),
+                cert_file: Some(cert),
+                key_file: Some(write("key.pem", key.serialize_pem())),
+            },
+            ..Default::default()
+        };
+        let connector = Connector::new(&amqp).unwrap();
+        assert!(connector.tls.is_some() && connector.identity);
+        amqp.url = "amqp://a/%2f".into();
+        assert!(Connector::new(&amqp).unwrap().tls.is_none());
+        // Refused whether or not a URI is amqps://.
+        amqp.tls.key_file = Some(other);
+        let e = Connector::new(&amqp).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            e.contains("amqp.tls.key_file") && e.contains("does not go with"),
+            "{e}"
+        );
     }
 
     #[test]
