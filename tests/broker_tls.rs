@@ -6,7 +6,8 @@
 //!   as the certificate's CN, and a publish is confirmed into a queue;
 //! - `amqp.password_file`: Warren logs in with the file's password;
 //! - a broker certificate that `amqp.tls.ca_file` did not sign: not ready,
-//!   publishes fail fast with UNAVAILABLE, and the log says why;
+//!   publishes fail fast with UNAVAILABLE, and the log says why (and never
+//!   shows the password);
 //! - missing or unusable files: `warren` stops at start-up with one line
 //!   naming the key.
 //!
@@ -160,14 +161,18 @@ impl Process {
         }
     }
 
-    /// SIGTERM; the exit must be clean.
-    fn stop(mut self) {
+    /// SIGTERM; the exit must be clean. Every line it logged.
+    fn stop(mut self) -> Vec<String> {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         let status = self.child.wait().expect("warren exits");
         assert!(status.success(), "{status:?}");
+        // The reader ends with the process's stderr.
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.lines.iter());
+        seen
     }
 }
 
@@ -179,12 +184,16 @@ impl Drop for Process {
 }
 
 async fn untrusted_broker_certificate(pki: &Pki) {
+    let password_file = pki.write("password", PASSWORD);
+    let url = format!("amqps://{PASSWORD_USER}@127.0.0.1:5712/%2f");
     let mut warren = Process::start(&[
-        ("WARREN__AMQP__URL", AMQPS_URI),
+        ("WARREN__AMQP__URL", &url),
         // The node's certificate is signed by ca.pem, not by this one.
         ("WARREN__AMQP__TLS__CA_FILE", &pki.path("other-ca.pem")),
         ("WARREN__AMQP__TLS__CERT_FILE", &pki.path("client.pem")),
         ("WARREN__AMQP__TLS__KEY_FILE", &pki.path("client-key.pem")),
+        ("WARREN__AMQP__PASSWORD_FILE", &password_file),
+        ("WARREN__LOG__LEVEL", "debug"),
     ]);
     let listening = warren.log_line(Duration::from_secs(10), |l| {
         l["message"] == "warren listening"
@@ -229,9 +238,15 @@ async fn untrusted_broker_certificate(pki: &Pki) {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(1), "failed fast");
 
-    tokio::task::spawn_blocking(move || warren.stop())
+    let seen = tokio::task::spawn_blocking(move || warren.stop())
         .await
         .expect("stopped");
+    assert!(seen
+        .iter()
+        .any(|l| l.contains(&format!("{PASSWORD_USER}@127.0.0.1"))));
+    for line in &seen {
+        assert!(!line.contains(PASSWORD), "the password in the log: {line}");
+    }
 }
 
 /// Runs `warren` with `env`; it must exit at start-up with one line on
