@@ -1,6 +1,8 @@
 //! The AMQP side: connections, channels, topology and the message codec.
 //!
 //! - [`pool`]: supervised connections per role, channels opened on them.
+//! - [`connect`]: one connection: the URI completed from `[amqp]`, TLS and
+//!   the credentials of `[amqp.tls]` and `amqp.password_file`.
 //! - [`channel`]: Warren's channel handle, counted in one ledger, and the
 //!   one timeout wrapper for broker operations ([`op`]).
 //! - [`probe`]: whether an exchange or queue exists (long multi-byte names
@@ -16,12 +18,14 @@
 pub mod args;
 pub mod channel;
 pub mod codec;
+pub mod connect;
 pub mod pool;
 pub mod probe;
 pub mod slot;
 pub mod topology;
 
 pub use channel::{op, Channel, Ledger};
+pub use connect::Connector;
 pub use pool::{reconnect_backoff, Pool, Role};
 pub use slot::{Live, Slot};
 

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Channel, Ledger};
+use super::{Channel, Connector, Ledger};
 use crate::config;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -69,14 +69,14 @@ impl Pool {
             Role::Probe => 1,
             Role::Publish | Role::Consume => amqp.pool_size,
         };
+        let shared = Arc::new(amqp.clone());
         let slots = (0..size)
             .map(|index| {
                 let (tx, rx) = watch::channel(None);
                 let supervisor = Supervisor {
                     name: format!("{}-{}-{index}", amqp.connection_name, role.as_str()),
                     urls: amqp.urls(),
-                    heartbeat: amqp.heartbeat,
-                    frame_max: amqp.frame_max,
+                    amqp: shared.clone(),
                     connect_timeout: amqp.connect_timeout,
                     tx,
                     close: close.clone(),
@@ -245,8 +245,8 @@ impl Pool {
 struct Supervisor {
     name: String,
     urls: Vec<String>,
-    heartbeat: u16,
-    frame_max: u32,
+    /// Read again for every round of attempts (see [`Connector`]).
+    amqp: Arc<config::Amqp>,
     connect_timeout: Duration,
     tx: watch::Sender<Option<Arc<Connection>>>,
     close: CancellationToken,
@@ -301,21 +301,26 @@ impl Supervisor {
 
     /// Tries every URL once, in order.
     async fn connect_any(&self) -> Option<Connection> {
+        // The secrets' files are read afresh (off the runtime's threads): a
+        // rotated password or certificate is used from the next reconnect on.
+        let amqp = self.amqp.clone();
+        let read =
+            tokio::task::spawn_blocking(move || Connector::new(&amqp).map_err(|e| e.to_string()));
+        let connector = match read.await.unwrap_or_else(|e| Err(e.to_string())) {
+            Ok(connector) => connector,
+            Err(error) => {
+                warn!(connection = %self.name, %error, "could not connect to the broker");
+                return None;
+            }
+        };
         for url in &self.urls {
             let masked = crate::amqp::mask(url);
-            let mut uri: lapin::uri::AMQPUri = match url.parse() {
-                Ok(uri) => uri,
-                Err(_) => continue, // config validation refuses these
+            let Some(uri) = connector.uri(url) else {
+                continue; // config validation refuses these
             };
-            if uri.query.heartbeat.is_none() {
-                uri.query.heartbeat = Some(self.heartbeat);
-            }
-            if uri.query.frame_max.is_none() {
-                uri.query.frame_max = Some(self.frame_max);
-            }
             let properties =
                 ConnectionProperties::default().with_connection_name(self.name.clone().into());
-            let connect = Connection::connect_uri(uri, properties);
+            let connect = connector.connect(uri, properties);
             match tokio::time::timeout(self.connect_timeout, connect).await {
                 Ok(Ok(connection)) => {
                     info!(connection = %self.name, broker = %masked, "connected to the broker");

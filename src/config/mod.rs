@@ -4,6 +4,7 @@
 //! file (`--config`, else `config/warren.toml` when present), then environment
 //! variables `WARREN__SECTION__KEY` (for example `WARREN__AMQP__URL`).
 
+mod amqp_tls;
 mod auth;
 mod retry;
 mod sections;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use amqp_tls::{AmqpTls, Password, Secrets};
 pub use auth::{Auth, Client, Jwt};
 pub use retry::{Retry, RetryPolicy};
 pub use sections::{
@@ -119,6 +121,7 @@ impl Config {
                 return Err(invalid("amqp.url", crate::amqp::mask(url), reason));
             }
         }
+        crate::amqp::Connector::new(&self.amqp)?;
         for (key, value) in [
             ("http.listen", &self.http.listen),
             ("grpc.listen", &self.grpc.listen),

@@ -36,6 +36,11 @@ pub struct Amqp {
     pub frame_max: u32,
     /// Shown in the management UI as the connection's name prefix.
     pub connection_name: String,
+    /// File holding the broker password (a mounted secret; its trailing
+    /// newline is dropped), used for every URI with a user and no password.
+    pub password_file: Option<std::path::PathBuf>,
+    /// TLS for `amqps://` URIs (see [`super::AmqpTls`]).
+    pub tls: super::AmqpTls,
 }
 
 impl Default for Amqp {
@@ -51,6 +56,8 @@ impl Default for Amqp {
             heartbeat: 30,
             frame_max: 131_072,
             connection_name: "warren".into(),
+            password_file: None,
+            tls: super::AmqpTls::default(),
         }
     }
 }
