@@ -12,6 +12,10 @@
 //!   handle and its ledger, the reopening slot, the timeout wrapper, queue
 //!   arguments, topology, and the codec between Warren's
 //!   [`message::Message`] and AMQP properties.
+//! - [`auth`]: authentication and authorization, asked by the bus before
+//!   anything reaches the broker; the transports only extract credentials.
+//! - [`listen`]: accepting connections for both listeners: the cap, TLS and
+//!   its reloads, client certificates.
 //! - [`grpc`], [`http`]: thin transports; they translate requests into bus
 //!   calls and [`error::Error`]s into status codes.
 //! - [`error`]: the one error type (kind, origin, retryable, cause) and its

@@ -744,3 +744,88 @@ async fn a_bad_auth_configuration_stops_start_up() {
         assert!(stderr.contains(says), "{toml}: {stderr}");
     }
 }
+
+/// A JWKS served over HTTP: fetched on first use, again when a token names
+/// an unknown key id, and at most once per `jwks_refresh` however many such
+/// tokens come.
+#[tokio::test]
+async fn a_jwks_url_is_fetched_for_unknown_key_ids_at_most_once_per_refresh() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = std::env::temp_dir().join(unique("jwks-url"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Cleanup(dir.clone());
+    let (a, b) = (
+        Key::generate(Algorithm::ES256, &dir),
+        Key::generate(Algorithm::RS256, &dir),
+    );
+    let jwks = |keys: &[&Key]| {
+        serde_json::to_string(&JwkSet {
+            keys: keys.iter().map(|k| k.jwk()).collect(),
+        })
+        .unwrap()
+    };
+    let served = Arc::new(Mutex::new(jwks(&[&a])));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get({
+            let (served, fetches) = (served.clone(), fetches.clone());
+            move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                served.lock().unwrap().clone()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let toml = format!(
+        r#"
+[auth]
+enabled = true
+
+[auth.jwt]
+jwks_url = "http://{addr}/jwks.json"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_refresh = "2s"
+"#
+    );
+    let warren = Warren::start_with(common::config_toml(&toml)).await;
+    let queue = unique("billing");
+    Broker::connect().await.queue(&queue).await;
+    let mut client = warren.grpc().await;
+    let hour = now() + 3600;
+    // The first token makes Warren fetch the set; then it is cached.
+    let token = a.sign(jwt_claims("svc-a", hour));
+    for _ in 0..3 {
+        client
+            .publish(with(publish("", &queue, "a"), &token))
+            .await
+            .unwrap();
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    // Ten tokens with a key id the set does not have: one fetch at most.
+    let unknown = b.sign(jwt_claims("svc-b", hour));
+    for _ in 0..10 {
+        let e = client
+            .publish(with(publish("", &queue, "b"), &unknown))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let after_burst = fetches.load(Ordering::SeqCst);
+    assert!(after_burst <= 2, "{after_burst} fetches");
+    // The issuer publishes the new key: after the refresh period the token
+    // is accepted.
+    *served.lock().unwrap() = jwks(&[&a, &b]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    client
+        .publish(with(publish("", &queue, "b"), &unknown))
+        .await
+        .unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), after_burst + 1);
+    assert_eq!(Broker::connect().await.count(&queue).await, 4);
+    warren.stop().await;
+}

@@ -281,7 +281,13 @@ async fn timeouts_and_late_replies() {
     request.set_timeout(Duration::from_millis(200));
     let started = Instant::now();
     let status = client.call(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // Warren answers DEADLINE_EXCEEDED a little before the deadline; on a
+    // loaded machine the client's own timer may fire first (tonic reports
+    // that as CANCELLED). Either way the call did not wait for timeout_ms.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The two calls that gave up last get their replies late too: three in
     // all, each counted once.

@@ -64,6 +64,10 @@ pub struct Args {
     /// `--warren-env WARREN__AMQP__POOL_SIZE=1`, `--warren-env TOKIO_WORKER_THREADS=1`.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     pub warren_env: Vec<(String, String)>,
+    /// Bearer token sent with every request to Warren (gRPC metadata and HTTP
+    /// header `authorization`), for a Warren with `auth.enabled`.
+    #[arg(long)]
+    pub token: Option<String>,
     /// Where the started Warren's output goes.
     #[arg(long, default_value = "target/warren-loadtest.warren.log")]
     pub warren_log: PathBuf,

@@ -217,7 +217,10 @@ async fn session(
             .tcp_nodelay(true)
             .connect()
             .await?;
-        grpc.push(proto::bus_client::BusClient::new(channel));
+        grpc.push(proto::bus_client::BusClient::with_interceptor(
+            channel,
+            scenarios::Bearer::new(args.token.as_deref())?,
+        ));
     }
     let admin = amqp.create_channel().await?;
     let ctx = Ctx {

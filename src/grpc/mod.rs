@@ -30,11 +30,11 @@ pub fn status(error: &Error) -> tonic::Status {
 }
 
 /// The caller's deadline from the `grpc-timeout` header, if any, less a
-/// little: tonic's own deadline layer answers CANCELLED when the full time is
+/// little (a tenth, at most 50 ms): tonic's own deadline layer answers CANCELLED when the full time is
 /// up, and the caller should see DEADLINE_EXCEEDED from Warren first.
 pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let full = header_timeout(metadata)?;
-    Some(full.saturating_sub((full / 20).min(Duration::from_millis(20))))
+    Some(full.saturating_sub((full / 10).min(Duration::from_millis(50))))
 }
 
 fn header_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
@@ -167,7 +167,7 @@ mod tests {
         m.insert("grpc-timeout", "1S".parse().unwrap());
         assert_eq!(
             deadline(&m),
-            Some(Duration::from_millis(980)),
+            Some(Duration::from_millis(950)),
             "answers before tonic cancels"
         );
         for (v, d) in [

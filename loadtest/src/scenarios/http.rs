@@ -37,11 +37,15 @@ pub async fn warren(
     let client = client(c)?;
     let url = format!("{}/v1/publish/amq.default/{}", ctx.warren_http, spec.queue);
     let body = spec.body.clone();
+    let token = ctx.args.token.clone();
     let call = op(move |_| {
-        let request = client
+        let mut request = client
             .post(&url)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(body.clone());
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
         async move {
             let response = request.send().await.map_err(|e| e.to_string())?;
             let status = response.status();

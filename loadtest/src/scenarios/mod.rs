@@ -108,6 +108,39 @@ impl QueueType {
     }
 }
 
+/// A gRPC client of Warren that sends the `--token`, if any.
+pub type Grpc = BusClient<tonic::codegen::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Bearer {
+    /// The interceptor for `token` (none: calls go as they are).
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Self(
+            token
+                .map(|t| format!("Bearer {t}").parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--token must be visible ASCII"))?,
+        ))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// What all runs share.
 pub struct Ctx {
     /// The options.
@@ -115,14 +148,14 @@ pub struct Ctx {
     /// The load test's own broker connection (pre-fill, responders, admin).
     pub amqp: lapin::Connection,
     /// gRPC clients, one per HTTP/2 connection.
-    pub grpc: Vec<BusClient<tonic::transport::Channel>>,
+    pub grpc: Vec<Grpc>,
     /// Warren's HTTP base URL.
     pub warren_http: String,
 }
 
 impl Ctx {
     /// The gRPC client for caller `i`.
-    pub fn grpc(&self, i: usize) -> BusClient<tonic::transport::Channel> {
+    pub fn grpc(&self, i: usize) -> Grpc {
         self.grpc[i % self.grpc.len()].clone()
     }
 }
