@@ -96,7 +96,10 @@ pub async fn read(
         return Err(too_large(size));
     }
     let mut held = None;
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
+    // One frame (the usual case) is kept as it is; more are joined.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0;
     loop {
         let frame = tokio::time::timeout(limits.read_timeout, body.frame())
             .await
@@ -120,14 +123,24 @@ pub async fn read(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.len() + data.len() > limit {
-            return Err(too_large(buf.len() + data.len()));
+        if len + data.len() > limit {
+            return Err(too_large(len + data.len()));
         }
         limits.take(data.len(), &mut held)?;
-        buf.extend_from_slice(&data);
+        len += data.len();
+        match (&mut joined, first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(head)) => {
+                let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(len, limit));
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+        }
     }
     Ok(Buffered {
-        bytes: buf.freeze(),
+        bytes: joined.map(BytesMut::freeze).or(first).unwrap_or_default(),
         _held: held,
     })
 }
