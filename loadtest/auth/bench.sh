@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=loadtest/results/auth
 mkdir -p "$OUT"
-(cd "$OUT" && [ -f key.pem ] || openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out key.pem 2>/dev/null)
+if [ ! -f "$OUT/key.pem" ]; then
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$OUT/key.pem" 2>/dev/null
+fi
 (cd "$OUT" && python3 "$OLDPWD/loadtest/auth/mkjwt.py")
 LT=./target/release/warren-loadtest
 for round in $(seq 1 "${ROUNDS:-6}"); do
