@@ -283,12 +283,7 @@ async fn no_or_bad_credentials_are_unauthenticated_and_publish_nothing() {
         .await
         .unwrap();
     let broker = Broker::connect().await;
-    let bodies: Vec<_> = broker
-        .take(&s.queue, 10, Duration::from_millis(500))
-        .await
-        .into_iter()
-        .map(|d| String::from_utf8(d.data).unwrap())
-        .collect();
+    let bodies: Vec<_> = broker.bodies(&s.queue, 10).await;
     assert_eq!(bodies, ["good"]);
     s.warren.server.shutdown().await;
 }
@@ -409,12 +404,7 @@ async fn outside_its_permissions_a_client_publishes_and_declares_nothing() {
     let metrics = s.warren.metrics().await;
     assert_eq!(denied(&metrics, "forbidden") - before, 8.0);
     // Only the allowed stream message reached the queue.
-    let bodies: Vec<_> = broker
-        .take(&s.queue, 10, Duration::from_millis(500))
-        .await
-        .into_iter()
-        .map(|d| String::from_utf8(d.data).unwrap())
-        .collect();
+    let bodies: Vec<_> = broker.bodies(&s.queue, 10).await;
     assert_eq!(bodies, ["allowed"]);
     s.warren.server.shutdown().await;
 }
@@ -703,13 +693,7 @@ async fn jwts_are_checked_for_signature_expiry_issuer_audience_and_key_id() {
     assert_eq!(sse.status(), 200);
     drop(sse);
     // Exactly the accepted messages are in the queue.
-    let bodies: Vec<_> = Broker::connect()
-        .await
-        .take(&s.queue, 10, Duration::from_millis(500))
-        .await
-        .into_iter()
-        .map(|d| String::from_utf8(d.data).unwrap())
-        .collect();
+    let bodies: Vec<_> = Broker::connect().await.bodies(&s.queue, 10).await;
     assert_eq!(bodies.len(), 3, "{bodies:?}");
     assert!(bodies.iter().all(|b| b == "jwt" || b == "rotated"));
     s.warren.server.shutdown().await;

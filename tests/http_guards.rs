@@ -26,13 +26,7 @@ async fn good_publish(warren: &Warren, queue: &str, body: &str) {
 }
 
 async fn bodies(queue: &str) -> Vec<String> {
-    Broker::connect()
-        .await
-        .take(queue, 100, Duration::from_millis(500))
-        .await
-        .into_iter()
-        .map(|d| String::from_utf8(d.data).unwrap())
-        .collect()
+    Broker::connect().await.bodies(queue, 100).await
 }
 
 /// Reads until the peer closes (or `limit` passes): what it sent.

@@ -182,13 +182,7 @@ async fn mtls_clients_are_known_by_their_certificate() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    let bodies: Vec<_> = Broker::connect()
-        .await
-        .take(&queue, 10, Duration::from_millis(500))
-        .await
-        .into_iter()
-        .map(|d| String::from_utf8(d.data).unwrap())
-        .collect();
+    let bodies: Vec<_> = Broker::connect().await.bodies(&queue, 10).await;
     assert_eq!(bodies, ["over https", "over grpc+tls"]);
     warren.stop().await;
 }

@@ -215,6 +215,16 @@ impl Broker {
         out
     }
 
+    /// The bodies (as UTF-8) of up to `n` messages taken from `queue`, in
+    /// order, waiting at most half a second for them.
+    pub async fn bodies(&self, queue: &str, n: usize) -> Vec<String> {
+        self.take(queue, n, Duration::from_millis(500))
+            .await
+            .into_iter()
+            .map(|d| String::from_utf8(d.data).expect("UTF-8 body"))
+            .collect()
+    }
+
     /// How many messages are ready in `queue` (not those delivered and
     /// unacked).
     pub async fn count(&self, queue: &str) -> u32 {
