@@ -711,6 +711,10 @@ async fn a_bad_auth_configuration_stops_start_up() {
             "[auth]\nenabled = true\n[auth.jwt]\njwks_file = \"/nonexistent/jwks.json\"\n",
             "jwks_file",
         ),
+        (
+            "[auth]\nenabled = true\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = [\"abc\"]\n",
+            "token_sha256",
+        ),
     ];
     for (toml, says) in bad {
         let path = std::env::temp_dir().join(format!("{}.toml", unique("bad-auth")));
@@ -811,5 +815,59 @@ jwks_refresh = "2s"
         .unwrap();
     assert_eq!(fetches.load(Ordering::SeqCst), after_burst + 1);
     assert_eq!(Broker::connect().await.count(&queue).await, 4);
+    warren.stop().await;
+}
+
+/// A token is rotated without a second client: during the change both
+/// hashes are the same client, so a delivery received with the old token is
+/// acked with the new one.
+#[tokio::test]
+async fn a_client_with_two_token_hashes_is_one_client() {
+    const OLD: &str = "rotating-old-token-0123456789";
+    const NEW: &str = "rotating-new-token-0123456789";
+    let toml = format!(
+        r#"
+[auth]
+enabled = true
+
+[[auth.clients]]
+name = "rotating"
+token_sha256 = ["{old}", "{new}"]
+publish = ["amq.default"]
+consume = ["test.billing.*"]
+"#,
+        old = sha(OLD),
+        new = sha(NEW),
+    );
+    let warren = Warren::start_with(common::config_toml(&toml)).await;
+    let queue = unique("billing");
+    Broker::connect().await.queue(&queue).await;
+    let mut client = warren.grpc().await;
+    client
+        .publish(with(publish("", &queue, "rotated"), NEW))
+        .await
+        .unwrap();
+    let mut stream = client
+        .subscribe(with(
+            SubscribeRequest {
+                queue: queue.clone(),
+                prefetch: 1,
+                ..Default::default()
+            },
+            OLD,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let delivery = common::next(&mut stream).await;
+    let ack = AckRequest {
+        delivery_ids: vec![delivery.delivery_id.clone()],
+    };
+    assert_eq!(
+        client.ack(with(ack, NEW)).await.unwrap().into_inner().acked,
+        1
+    );
+    drop(stream);
+    assert!(Broker::connect().await.is_empty(&queue).await);
     warren.stop().await;
 }

@@ -278,7 +278,7 @@ impl Auth {
                 admin: client.admin,
             };
             let caller = identity(&client.name, permissions, false, client.max_publish_rate);
-            if let Some(hash) = &client.token_sha256 {
+            for hash in client.token_sha256.as_ref().map_or(&[][..], |h| h.all()) {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(hash, &mut digest).map_err(|e| {
                     Invalid(format!("auth.clients.{}.token_sha256: {e}", client.name))

@@ -46,8 +46,9 @@ pub struct Client {
     /// Shown in logs and as a metrics label.
     pub name: String,
     /// SHA-256 of its bearer token, lowercase hex (the token itself is never
-    /// stored).
-    pub token_sha256: Option<String>,
+    /// stored); or a list of them, so that a token can be rotated without a
+    /// second client (old and new are both this client meanwhile).
+    pub token_sha256: Option<Hashes>,
     /// The subject common name of its client certificate.
     pub cert_cn: Option<String>,
     /// Exchanges it may publish to (`amqp.default` is the default exchange).
@@ -60,6 +61,26 @@ pub struct Client {
     pub admin: bool,
     /// Messages per second it may publish, 0 for no limit.
     pub max_publish_rate: u32,
+}
+
+/// One token hash or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Hashes {
+    /// `token_sha256 = "<hex>"`.
+    One(String),
+    /// `token_sha256 = ["<hex>", "<hex>"]`.
+    Many(Vec<String>),
+}
+
+impl Hashes {
+    /// Every hash.
+    pub fn all(&self) -> &[String] {
+        match self {
+            Hashes::One(one) => std::slice::from_ref(one),
+            Hashes::Many(many) => many,
+        }
+    }
 }
 
 /// `[auth.jwt]`: signed JWTs (RS256, ES256) as credentials.
@@ -134,7 +155,15 @@ impl Auth {
             if !names.insert(client.name.as_str()) {
                 return Err(invalid("auth.clients.name", &client.name, "named twice"));
             }
-            if let Some(hash) = &client.token_sha256 {
+            let hashes = client.token_sha256.as_ref().map_or(&[][..], Hashes::all);
+            if client.token_sha256.is_some() && hashes.is_empty() {
+                return Err(invalid(
+                    format!("auth.clients.{}.token_sha256", client.name),
+                    "[]",
+                    "name at least one hash",
+                ));
+            }
+            for hash in hashes {
                 let hex = hash.len() == 64
                     && hash
                         .bytes()

@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use amqp_tls::{AmqpTls, Password, Secrets};
-pub use auth::{Auth, Client, Jwt};
+pub use auth::{Auth, Client, Hashes, Jwt};
 pub use retry::{Retry, RetryPolicy};
 pub use sections::{
     Amqp, Breaker, DeadLetters, GrpcListener, Listener, ListenerTls, Log, LogFormat, Publish, Rpc,
