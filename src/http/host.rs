@@ -13,8 +13,9 @@ use super::AppState;
 /// Paths any host may ask for: probes and scrapers use the pod's address.
 const ANY_HOST: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-/// The host part of a `Host` value: no port, no IPv6 brackets, lowercase.
-fn host_of(value: &str) -> String {
+/// The host part of a `Host` value: no port, no IPv6 brackets, no final
+/// dot (compared case-insensitively, without allocating).
+fn host_of(value: &str) -> &str {
     let host = if let Some(rest) = value.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else if value.matches(':').count() == 1 {
@@ -23,30 +24,31 @@ fn host_of(value: &str) -> String {
         // A bare IPv6 address (in the allow-list), or no port at all.
         value
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    host.trim_end_matches('.')
 }
 
 /// Whether `value` names an allowed host.
 pub fn allowed(allowed: &[String], value: &str) -> bool {
     let host = host_of(value);
-    allowed.iter().any(|a| a == "*" || host_of(a) == host)
+    allowed
+        .iter()
+        .any(|a| a == "*" || host_of(a).eq_ignore_ascii_case(host))
 }
 
 /// Refuses requests for other hosts with 421.
 pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if ANY_HOST.contains(&path) {
+    let hosts = &state.bus.config().http.allowed_hosts;
+    if ANY_HOST.contains(&path) || hosts.iter().any(|h| h == "*") {
         return next.run(request).await;
     }
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
-    let hosts = &state.bus.config().http.allowed_hosts;
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
     match host {
-        Some(host) if !allowed(hosts, &host) => Problem::http(
+        Some(host) if !allowed(hosts, host) => Problem::http(
             StatusCode::MISDIRECTED_REQUEST,
             "misdirected-request",
             format!("host {host:?} is not one of http.allowed_hosts"),
