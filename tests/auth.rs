@@ -322,6 +322,21 @@ async fn outside_its_permissions_a_client_publishes_and_declares_nothing() {
         .await
         .unwrap();
     assert_eq!(common::problem(response).await.0, 403);
+    // Forbidden publishes naming publishers open none: after four of them
+    // (the share is three) an allowed named publisher is still had.
+    for i in 0..4 {
+        let mut named = with(publish(&other, "", "forbidden"), BILLING);
+        named
+            .metadata_mut()
+            .insert("x-warren-publisher", format!("p{i}").parse().unwrap());
+        let e = client.publish(named).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    let mut named = with(publish("", &s.queue, "named"), BILLING);
+    named
+        .metadata_mut()
+        .insert("x-warren-publisher", "allowed".parse().unwrap());
+    client.publish(named).await.unwrap();
     // A stream: the forbidden message fails alone, the next one goes.
     let requests = vec![
         publish(&other, "", "forbidden"),
@@ -402,10 +417,10 @@ async fn outside_its_permissions_a_client_publishes_and_declares_nothing() {
         .unwrap();
     assert_eq!(common::problem(response).await.0, 404);
     let metrics = s.warren.metrics().await;
-    assert_eq!(denied(&metrics, "forbidden") - before, 8.0);
-    // Only the allowed stream message reached the queue.
+    assert_eq!(denied(&metrics, "forbidden") - before, 12.0);
+    // Only the allowed named and stream messages reached the queue.
     let bodies: Vec<_> = broker.bodies(&s.queue, 10).await;
-    assert_eq!(bodies, ["allowed"]);
+    assert_eq!(bodies, ["named", "allowed"]);
     s.warren.server.shutdown().await;
 }
 

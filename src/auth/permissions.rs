@@ -99,17 +99,11 @@ pub enum Access<'a> {
 impl Access<'_> {
     /// Whether `permissions` allow it.
     pub fn allowed_by(&self, permissions: &Permissions) -> bool {
-        let exchange = |name: &str| {
-            if name.is_empty() {
-                DEFAULT_EXCHANGE.to_owned()
-            } else {
-                name.to_owned()
-            }
-        };
+        let exchange = |name| if name == "" { DEFAULT_EXCHANGE } else { name };
         match *self {
-            Access::Publish(e) => permissions.publish.allows(&exchange(e)),
+            Access::Publish(e) => permissions.publish.allows(exchange(e)),
             Access::Consume(q) => permissions.consume.allows(q),
-            Access::Call(e) => permissions.call.allows(&exchange(e)),
+            Access::Call(e) => permissions.call.allows(exchange(e)),
             Access::Admin => permissions.admin,
         }
     }

@@ -76,6 +76,8 @@ impl Bus {
                 "a publisher name must be 1 to 128 bytes".into(),
             )));
         }
+        // Refused before a publisher (a channel, a share) exists for it.
+        self.counted(caller.permit(Access::Publish(&publish.exchange)))?;
         let publisher = self.counted(self.publishers.named(caller, name))?;
         let pending = self.submit(&publisher, publish).await?;
         pending.await.unwrap_or(Err(Error::ShuttingDown))
