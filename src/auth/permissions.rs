@@ -99,7 +99,13 @@ pub enum Access<'a> {
 impl Access<'_> {
     /// Whether `permissions` allow it.
     pub fn allowed_by(&self, permissions: &Permissions) -> bool {
-        let exchange = |name| if name == "" { DEFAULT_EXCHANGE } else { name };
+        fn exchange(name: &str) -> &str {
+            if name.is_empty() {
+                DEFAULT_EXCHANGE
+            } else {
+                name
+            }
+        }
         match *self {
             Access::Publish(e) => permissions.publish.allows(exchange(e)),
             Access::Consume(q) => permissions.consume.allows(q),
