@@ -43,7 +43,7 @@ use breaker::Breaker;
 pub use dead_letters::{DeadLetter, Outcome as DeadLetterOutcome, Patch, Selection};
 use drain::Gate;
 use exchanges::Exchanges;
-pub use publish::{Confirmed, Pending, Publish, PublisherHandle};
+pub use publish::{Confirmed, Pending, Publish, PublisherHandle, Schedule};
 use publish::{Publishers, Shared};
 use rpc::Rpc;
 use subscribe::Subscriptions;

@@ -4,7 +4,7 @@ use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value as PValue};
 use serde_json::{Map, Number, Value};
 
-use crate::bus::Publish;
+use crate::bus::{Publish, Schedule};
 use crate::error::Error;
 use crate::message::{Headers, Message};
 use crate::proto;
@@ -139,6 +139,11 @@ pub fn publish(r: proto::PublishRequest) -> Result<Publish, Error> {
         routing_key: r.routing_key,
         message: message(r.message.unwrap_or_default())?,
         mandatory: !r.allow_unroutable,
+        ordering_key: r.ordering_key,
+        schedule: Schedule {
+            delay_ms: r.delay_ms,
+            deliver_at_ms: r.deliver_at_ms,
+        },
     })
 }
 

@@ -12,7 +12,7 @@ use super::body::{self, JsonMessage};
 use super::problem::Problem;
 use super::AppState;
 use crate::auth::Caller;
-use crate::bus::Publish;
+use crate::bus::{Publish, Schedule};
 use crate::error::Error;
 use crate::message::Message;
 
@@ -30,6 +30,12 @@ pub struct PublishJson {
     allow_unroutable: bool,
     #[serde(default)]
     request_id: String,
+    #[serde(default)]
+    ordering_key: String,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    deliver_at_ms: i64,
     #[serde(flatten)]
     message: JsonMessage,
 }
@@ -89,6 +95,11 @@ pub async fn json(
             routing_key: request.routing_key,
             message,
             mandatory: !request.allow_unroutable,
+            ordering_key: request.ordering_key,
+            schedule: Schedule {
+                delay_ms: request.delay_ms,
+                deliver_at_ms: request.deliver_at_ms,
+            },
         },
     )
     .await?;
@@ -181,6 +192,11 @@ pub async fn raw(
         routing_key,
         message,
         mandatory: !flag(&headers, "x-warren-allow-unroutable")?,
+        ordering_key: text(&headers, "x-warren-ordering-key")?,
+        schedule: Schedule {
+            delay_ms: number(&headers, "x-warren-delay-ms")?,
+            deliver_at_ms: number(&headers, "x-warren-deliver-at-ms")?,
+        },
     };
     let message_id = publish(&state, &caller, &headers, publish_request).await?;
     Ok(Json(Published {

@@ -44,6 +44,18 @@ pub struct Publish {
     pub message: Message,
     /// Return (and fail) the message when no queue is bound for it.
     pub mandatory: bool,
+    /// The ordering key (ordered groups); empty for none.
+    pub ordering_key: String,
+    /// When to route the message (scheduled publish); now by default.
+    pub schedule: Schedule,
+}
+
+/// When a publish asks to be routed: `delay_ms` from now, or at
+/// `deliver_at_ms` (Unix epoch ms); both 0 for now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Schedule {
+    pub delay_ms: u64,
+    pub deliver_at_ms: i64,
 }
 
 /// A publish the broker confirmed.

@@ -130,6 +130,7 @@ impl Retrier {
                 ..Default::default()
             },
             mandatory: true,
+            ..Default::default()
         };
         self.publisher
             .publish(&publish, Some(properties), Instant::now())

@@ -152,6 +152,7 @@ impl Rpc {
             routing_key,
             mut message,
             mandatory,
+            ..
         } = request;
         let correlation_id = uuid::Uuid::new_v4().to_string();
         message.correlation_id = correlation_id.clone();

@@ -40,6 +40,7 @@ impl Bus {
             routing_key,
             message,
             mandatory: true,
+            ..Default::default()
         };
         let timed_out =
             || Error::DeadlineExceeded(format!("no reply within {} ms", timeout.as_millis()));
@@ -74,6 +75,7 @@ impl Bus {
             routing_key: reply_to,
             message,
             mandatory: false,
+            ..Default::default()
         };
         self.publish_shared(publish).await?;
         self.subscriptions
