@@ -29,14 +29,18 @@ pub fn is_risky(name: &str) -> bool {
     !name.is_ascii() && name.len() + 40 > 255
 }
 
+/// A queue's depth and consumer count, as a passive declare reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    pub messages: u32,
+    pub consumers: u32,
+}
+
 /// Ok(true) when `name` exists, Ok(false) when the broker says NOT_FOUND.
 /// `pool` is used for ordinary names, `isolated` for risky ones.
 pub async fn exists(pool: &Pool, isolated: &Pool, kind: Kind, name: &str) -> Result<bool, Error> {
-    let risky = is_risky(name);
-    let pool = if risky { isolated } else { pool };
-    let channel = pool.open_channel().await?;
-    let result = match kind {
-        Kind::Exchange => {
+    match kind {
+        Kind::Exchange => passive(pool, isolated, name, async |channel, pool| {
             let passive = ExchangeDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -48,23 +52,48 @@ pub async fn exists(pool: &Pool, isolated: &Pool, kind: Kind, name: &str) -> Res
                 FieldTable::default(),
             );
             pool.op("exchange.declare", declare).await
-        }
-        Kind::Queue => {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let declare = channel.queue_declare(name.into(), passive, FieldTable::default());
-            pool.op("queue.declare", declare).await.map(|_| ())
-        }
-    };
+        })
+        .await
+        .map(|found| found.is_some()),
+        Kind::Queue => queue(pool, isolated, name).await.map(|q| q.is_some()),
+    }
+}
+
+/// `name`'s state, or None when the broker says NOT_FOUND.
+pub async fn queue(pool: &Pool, isolated: &Pool, name: &str) -> Result<Option<QueueState>, Error> {
+    passive(pool, isolated, name, async |channel, pool| {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declare = channel.queue_declare(name.into(), passive, FieldTable::default());
+        let q = pool.op("queue.declare", declare).await?;
+        Ok(QueueState {
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        })
+    })
+    .await
+}
+
+/// Runs one passive declare on a channel of its own.
+async fn passive<T>(
+    pool: &Pool,
+    isolated: &Pool,
+    name: &str,
+    declare: impl AsyncFnOnce(&super::Channel, &Pool) -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    let risky = is_risky(name);
+    let pool = if risky { isolated } else { pool };
+    let channel = pool.open_channel().await?;
+    let result = declare(&channel, pool).await;
     channel.close(pool.operation_timeout()).await;
     match result {
-        Ok(()) => Ok(true),
-        Err(Error::NotFound(_)) => Ok(false),
+        Ok(found) => Ok(Some(found)),
+        Err(Error::NotFound(_)) => Ok(None),
         Err(Error::Unavailable {
             cause: Some(cause), ..
-        }) if risky && matches!(cause.kind(), ErrorKind::ParsingError(_)) => Ok(false),
+        }) if risky && matches!(cause.kind(), ErrorKind::ParsingError(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }

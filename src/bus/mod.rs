@@ -13,12 +13,15 @@
 //! - [`rpc`]: request/reply with direct reply-to; `Bus::call`, `reply`.
 //! - [`retry`]: the retry policy and the broker-held delay queues.
 //! - [`dead_letters`]: list, replay and discard dead letters.
+//! - [`control`]: the control channel every Warren listens on; pausing and
+//!   resuming queues.
 //! - `exchanges`: which exchanges exist, checked before publishing.
 //! - `breaker`: the circuit breaker.
 //! - `drain` and `lifecycle`: the one gate every call passes, readiness,
 //!   topology, and the ordered shutdown.
 
 mod breaker;
+pub mod control;
 pub mod dead_letters;
 mod drain;
 mod exchanges;
@@ -61,6 +64,7 @@ pub struct Bus {
     publishers: Arc<Publishers>,
     shared: Arc<Shared>,
     subscriptions: Subscriptions,
+    control: Arc<control::Control>,
     rpc: Rpc,
     dead_letters: dead_letters::DeadLetters,
     breaker: Arc<Breaker>,
@@ -120,6 +124,8 @@ impl Bus {
             retrier: retrier.clone(),
             max_scan: config.dead_letters.max_scan,
         };
+        let control = control::Control::new(consume_pool.clone(), probe_pool.clone());
+        tokio::spawn(control.clone().listen(shutdown.clone()));
         let subscriptions = Subscriptions::new(
             consume_pool.clone(),
             probe_pool.clone(),
@@ -127,6 +133,7 @@ impl Bus {
             config.subscribe.clone(),
             retrier,
             exchanges.clone(),
+            control.clone(),
             shutdown.clone(),
         );
         let rpc = Rpc::new(publish_pool.clone(), metrics.clone(), config.rpc.clone());
@@ -155,6 +162,7 @@ impl Bus {
             publishers,
             shared,
             subscriptions,
+            control,
             gate: Gate::default(),
             shutdown,
             topology_declared: AtomicBool::new(false),

@@ -1,9 +1,13 @@
 //! The `Host` allow-list (`http.allowed_hosts`): a web page that a DNS
 //! rebinding points at Warren's loopback port sends its own host name, and
-//! is answered 421 before any handler runs.
+//! is answered 421 before any handler runs. A browser's cross-origin
+//! request that changes something (any method but GET and HEAD, with an
+//! `Origin` that is not the request's own host) is refused with 403, so that
+//! no web page can act on Warren through a visitor's browser; clients that
+//! are not browsers send no `Origin`.
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -35,8 +39,44 @@ pub fn allowed(allowed: &[String], value: &str) -> bool {
         .any(|a| a == "*" || host_of(a).eq_ignore_ascii_case(host))
 }
 
-/// Refuses requests for other hosts with 421.
+/// Whether a request is a browser's from another origin that would change
+/// something.
+fn cross_origin(request: &Request) -> bool {
+    if matches!(request.method(), &Method::GET | &Method::HEAD) {
+        return false;
+    }
+    let headers = request.headers();
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).map(|h| h.as_bytes());
+    let authority = origin
+        .as_bytes()
+        .splitn(2, |&b| b == b':')
+        .nth(1)
+        .and_then(|rest| rest.strip_prefix(b"//"));
+    match (authority, host) {
+        (Some(authority), Some(host)) => !authority.eq_ignore_ascii_case(host),
+        _ => true, // "null" or a malformed origin
+    }
+}
+
+/// Refuses requests for other hosts with 421, cross-origin changes with 403.
 pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if cross_origin(&request) {
+        return Problem::http(
+            StatusCode::FORBIDDEN,
+            "cross-origin",
+            "a browser request from another origin may not change anything here",
+        )
+        .into_response();
+    }
     let path = request.uri().path();
     let hosts = &state.bus.config().http.allowed_hosts;
     if ANY_HOST.contains(&path) || hosts.iter().any(|h| h == "*") {
@@ -86,5 +126,39 @@ mod tests {
             assert!(!allowed(&list, no), "{no}");
         }
         assert!(allowed(&["*".to_owned()], "anything:1"));
+    }
+
+    #[test]
+    fn browsers_from_other_origins_cannot_change_anything() {
+        let request = |method: &str, headers: &[(&str, &str)]| {
+            let mut r = axum::http::Request::builder().method(method).uri("/v1/x");
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.body(axum::body::Body::empty()).unwrap()
+        };
+        let host = ("host", "127.0.0.1:5680");
+        assert!(
+            !cross_origin(&request("POST", &[host])),
+            "curl sends no origin"
+        );
+        assert!(!cross_origin(&request(
+            "POST",
+            &[host, ("origin", "http://127.0.0.1:5680")]
+        )));
+        assert!(!cross_origin(&request(
+            "GET",
+            &[host, ("origin", "https://evil.test")]
+        )));
+        for origin in ["https://evil.test", "null", "http://127.0.0.1:9999"] {
+            assert!(
+                cross_origin(&request("POST", &[host, ("origin", origin)])),
+                "{origin}"
+            );
+        }
+        assert!(cross_origin(&request(
+            "POST",
+            &[host, ("sec-fetch-site", "cross-site")]
+        )));
     }
 }

@@ -9,6 +9,7 @@ mod dead_letters;
 mod host;
 mod problem;
 mod publish;
+mod queues;
 mod rpc;
 mod subscribe;
 
@@ -54,6 +55,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/dead-letters/{dlq}/discard",
             post(dead_letters::discard),
         )
+        .route("/v1/queues/{queue}", get(queues::show))
+        .route("/v1/queues/{queue}/pause", post(queues::pause))
+        .route("/v1/queues/{queue}/resume", post(queues::resume))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -11,10 +11,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use lapin::Consumer;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -41,7 +42,10 @@ pub(crate) struct Subscriber {
     pub opener: Opener,
     pub queue: String,
     pub channel: Channel,
-    pub consumer: Consumer,
+    /// None while the queue is paused.
+    pub consumer: Option<Consumer>,
+    /// The queue's paused flag (None for a temporary queue).
+    pub paused: Option<watch::Receiver<bool>>,
     pub auto_ack: bool,
     pub ctx: Context,
     pub settle: mpsc::Receiver<Settle>,
@@ -76,7 +80,10 @@ impl Subscriber {
                     }
                     Err(_) => break None, // the client went away
                 },
-                next = self.consumer.next(), if permit.is_some() => match next {
+                paused = changed(&mut self.paused) => {
+                    self.pause_or_resume(paused).await.err().map(|e| e.to_string())
+                }
+                next = next_of(&mut self.consumer), if permit.is_some() && self.consumer.is_some() => match next {
                     Some(Ok(d)) => {
                         let (tag, delivery) = self.accept(&mut state, d);
                         let acked = if self.auto_ack {
@@ -138,10 +145,12 @@ impl Subscriber {
         state.reset();
         let old = self.channel.clone();
         old.close(self.ctx.pool.operation_timeout()).await;
+        self.consumer = None;
         let mut backoff = crate::amqp::reconnect_backoff();
+        let paused = self.paused.as_ref().is_some_and(|p| *p.borrow());
         let attempt = async {
             loop {
-                match self.opener.open().await {
+                match self.opener.open(paused).await {
                     Ok(opened) => return Ok(opened),
                     Err(e) if !e.is_retryable() => return Err(e),
                     Err(e) => {
@@ -172,6 +181,40 @@ impl Subscriber {
         self.consumer = consumer;
         info!(subscription = self.id, queue = %self.queue, "subscription resumed");
         Ok(true)
+    }
+
+    /// Stops or starts consuming as the queue is paused or resumed. Pausing
+    /// cancels the consumer and hands back what the broker had sent ahead
+    /// (not yet given to the client); what the client holds stays ackable.
+    async fn pause_or_resume(&mut self, paused: bool) -> Result<(), Error> {
+        let pool = &self.ctx.pool;
+        match (paused, self.consumer.take()) {
+            (true, Some(mut consumer)) => {
+                let cancel = self
+                    .channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                pool.op("basic.cancel", cancel).await?;
+                // Everything sent before the cancel-ok is buffered by now.
+                while let Some(Some(next)) = consumer.next().now_or_never() {
+                    let Ok(d) = next else { break };
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    };
+                    self.channel
+                        .basic_nack(d.delivery_tag, requeue)
+                        .await
+                        .map_err(amqp::classify)?;
+                }
+                info!(subscription = self.id, queue = %self.queue, "subscription paused");
+            }
+            (false, None) => {
+                self.consumer = Some(self.opener.consume(&self.channel, &self.queue).await?);
+                info!(subscription = self.id, queue = %self.queue, "subscription resumed after a pause");
+            }
+            (_, consumer) => self.consumer = consumer,
+        }
+        Ok(())
     }
 
     fn accept(&self, state: &mut State, d: lapin::message::Delivery) -> (u64, Delivery) {
@@ -221,4 +264,24 @@ impl Subscriber {
         };
         (d.delivery_tag, delivery)
     }
+}
+
+/// The next delivery of a consumer (never called without one).
+async fn next_of(
+    consumer: &mut Option<Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match consumer {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The paused flag's next value; pending forever without one.
+async fn changed(paused: &mut Option<watch::Receiver<bool>>) -> bool {
+    if let Some(p) = paused {
+        if p.changed().await.is_ok() {
+            return *p.borrow_and_update();
+        }
+    }
+    std::future::pending().await
 }

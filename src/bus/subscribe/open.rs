@@ -19,7 +19,8 @@ pub struct Opened {
     pub channel: Channel,
     /// The queue consumed (a temporary queue's generated name).
     pub queue: String,
-    pub consumer: Consumer,
+    /// None when opened paused.
+    pub consumer: Option<Consumer>,
 }
 
 /// Everything needed to (re)open one subscription's consumer.
@@ -39,10 +40,11 @@ impl Opener {
         probe::exists(&self.pool, &self.isolated, Kind::Queue, queue).await
     }
 
-    /// Opens a channel and a consumer on it; closes the channel on failure.
-    pub async fn open(&self) -> Result<Opened, Error> {
+    /// Opens a channel and (unless `paused`) a consumer on it; closes the
+    /// channel on failure.
+    pub async fn open(&self, paused: bool) -> Result<Opened, Error> {
         let channel = self.pool.open_channel().await?;
-        match self.start(&channel).await {
+        match self.start(&channel, paused).await {
             Ok((queue, consumer)) => Ok(Opened {
                 channel,
                 queue,
@@ -153,8 +155,11 @@ impl Opener {
         Ok(queue)
     }
 
-    async fn start(&self, channel: &Channel) -> Result<(String, Consumer), Error> {
-        let r = &self.request;
+    async fn start(
+        &self,
+        channel: &Channel,
+        paused: bool,
+    ) -> Result<(String, Option<Consumer>), Error> {
         self.pool
             .op(
                 "basic.qos",
@@ -162,24 +167,32 @@ impl Opener {
             )
             .await?;
         let queue = self.prepare_queue(channel).await?;
+        if paused {
+            return Ok((queue, None));
+        }
+        let consumer = self.consume(channel, &queue).await?;
+        Ok((queue, Some(consumer)))
+    }
+
+    /// Starts consuming `queue` on `channel`.
+    pub async fn consume(&self, channel: &Channel, queue: &str) -> Result<Consumer, Error> {
+        let r = &self.request;
         let mut args = FieldTable::default();
         if r.consumer_priority != 0 {
             args.insert("x-priority".into(), AMQPValue::LongInt(r.consumer_priority));
         }
         let consume = channel.basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             args,
         );
-        let consumer = self
-            .pool
+        self.pool
             .op("basic.consume", consume)
             .await
             .map_err(|e| match e {
                 Error::NotFound(_) => Error::NotFound(format!("queue {queue:?} does not exist")),
                 e => e,
-            })?;
-        Ok((queue, consumer))
+            })
     }
 }

@@ -14,6 +14,7 @@ use super::open::{Opened, Opener};
 use super::settle::{Action, Settle};
 use crate::amqp::Pool;
 use crate::auth::{Caller, Held};
+use crate::bus::control::Control;
 use crate::bus::exchanges::Exchanges;
 use crate::bus::retry::Retrier;
 use crate::config;
@@ -63,6 +64,7 @@ pub struct Subscriptions {
     shutdown: CancellationToken,
     retrier: Arc<Retrier>,
     exchanges: Arc<Exchanges>,
+    control: Arc<Control>,
 }
 
 impl Subscriptions {
@@ -73,6 +75,7 @@ impl Subscriptions {
         config: config::Subscribe,
         retrier: Arc<Retrier>,
         exchanges: Arc<Exchanges>,
+        control: Arc<Control>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -87,6 +90,7 @@ impl Subscriptions {
             shutdown,
             retrier,
             exchanges,
+            control,
         }
     }
 
@@ -158,11 +162,17 @@ impl Subscriptions {
             request: r.clone(),
             prefetch,
         };
+        // A temporary queue is this subscription's alone: nobody pauses it.
+        let mut paused = match r.queue.is_empty() {
+            true => None,
+            false => Some(self.control.watch(&r.queue).await?),
+        };
+        let now = paused.as_mut().is_some_and(|p| *p.borrow_and_update());
         let Opened {
             channel,
             queue,
             consumer,
-        } = opener.open().await?;
+        } = opener.open(now).await?;
         // 128 random bits (a CSPRNG's): delivery ids cannot be guessed,
         // and ids from before a restart are unknown after it.
         let key = loop {
@@ -194,6 +204,7 @@ impl Subscriptions {
             queue: queue.clone(),
             channel,
             consumer,
+            paused,
             auto_ack: r.auto_ack,
             ctx: Context {
                 pool: self.pool.clone(),
