@@ -82,7 +82,9 @@ async fn pause_holds_every_warren_and_survives_restarts() {
     assert_eq!(info["paused"], false);
     b.stop().await;
     c.stop().await;
-    broker.delete_queues(&[queue.clone(), format!("warren.paused.{queue}")]).await;
+    broker
+        .delete_queues(&[queue.clone(), format!("warren.paused.{queue}")])
+        .await;
 }
 
 /// Deliveries the broker had sent ahead when the pause came go back to the
@@ -143,6 +145,9 @@ async fn bad_pauses_change_nothing() {
         .unwrap();
     assert_eq!(response.status(), 403);
     let broker = Broker::connect().await;
-    assert_eq!(broker.ready(&format!("warren.paused.{missing}")).await, None);
+    assert_eq!(
+        broker.ready(&format!("warren.paused.{missing}")).await,
+        None
+    );
     warren.stop().await;
 }

@@ -126,16 +126,15 @@ impl Bus {
         };
         let control = control::Control::new(consume_pool.clone(), probe_pool.clone());
         tokio::spawn(control.clone().listen(shutdown.clone()));
-        let subscriptions = Subscriptions::new(
-            consume_pool.clone(),
-            probe_pool.clone(),
-            metrics.clone(),
-            config.subscribe.clone(),
+        let parts = subscribe::Parts {
+            pool: consume_pool.clone(),
+            isolated: probe_pool.clone(),
+            metrics: metrics.clone(),
             retrier,
-            exchanges.clone(),
-            control.clone(),
-            shutdown.clone(),
-        );
+            exchanges: exchanges.clone(),
+            control: control.clone(),
+        };
+        let subscriptions = Subscriptions::new(parts, config.subscribe.clone(), shutdown.clone());
         let rpc = Rpc::new(publish_pool.clone(), metrics.clone(), config.rpc.clone());
         let up = [publish_pool.clone(), consume_pool.clone()].map(|p| Arc::downgrade(&p));
         metrics.computed(

@@ -20,7 +20,7 @@ use crate::error::Error;
 pub(crate) use delivery::attempt;
 pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 pub use registry::Subscription;
-pub(super) use registry::Subscriptions;
+pub(super) use registry::{Parts, Subscriptions};
 pub use settle::Action;
 
 /// The longest delay a nack may ask for.

@@ -50,6 +50,17 @@ struct Live {
     settle: mpsc::Sender<Settle>,
 }
 
+/// What subscriptions use of the rest of the bus.
+pub(crate) struct Parts {
+    pub pool: Arc<Pool>,
+    /// For existence checks whose refusal could cost a connection.
+    pub isolated: Arc<Pool>,
+    pub metrics: Metrics,
+    pub retrier: Arc<Retrier>,
+    pub exchanges: Arc<Exchanges>,
+    pub control: Arc<Control>,
+}
+
 /// Every subscription of the bus.
 pub struct Subscriptions {
     pool: Arc<Pool>,
@@ -69,15 +80,18 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     pub(crate) fn new(
-        pool: Arc<Pool>,
-        isolated: Arc<Pool>,
-        metrics: Metrics,
+        parts: Parts,
         config: config::Subscribe,
-        retrier: Arc<Retrier>,
-        exchanges: Arc<Exchanges>,
-        control: Arc<Control>,
         shutdown: CancellationToken,
     ) -> Self {
+        let Parts {
+            pool,
+            isolated,
+            metrics,
+            retrier,
+            exchanges,
+            control,
+        } = parts;
         Self {
             slots: Arc::new(Semaphore::new(config.max_subscriptions)),
             pool,
