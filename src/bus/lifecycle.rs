@@ -52,10 +52,24 @@ impl Bus {
             .await
             .map_err(|e| refused(e.to_string()))?;
         let topology = &self.config.topology;
-        let items = topology.exchanges.len() + topology.queues.len() * 2 + topology.bindings.len();
+        let groups: usize = self.ordered.all().map(|g| g.declarations()).sum();
+        let items =
+            topology.exchanges.len() + topology.queues.len() * 2 + topology.bindings.len() + groups;
         let limit = self.config.amqp.operation_timeout * (items as u32 + 1);
-        let result = match tokio::time::timeout(limit, topology::declare(&channel, topology)).await
-        {
+        let declare = async {
+            topology::declare(&channel, topology).await?;
+            for group in self.ordered.all() {
+                group
+                    .declare(&self.publish_pool, &channel)
+                    .await
+                    .map_err(|e| topology::Refused {
+                        what: format!("ordered group {:?}", group.name()),
+                        reason: e.to_string(),
+                    })?;
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(limit, declare).await {
             Ok(result) => result,
             Err(_) => Err(refused(format!(
                 "the broker did not answer within {limit:?}"

@@ -13,6 +13,7 @@
 //! - [`rpc`]: request/reply with direct reply-to; `Bus::call`, `reply`.
 //! - [`retry`]: the retry policy and the broker-held delay queues.
 //! - [`dead_letters`]: list, replay and discard dead letters.
+//! - [`ordered`]: ordered groups: per-key FIFO, blocking on failure.
 //! - [`control`]: the control channel every Warren listens on; pausing and
 //!   resuming queues.
 //! - `exchanges`: which exchanges exist, checked before publishing.
@@ -26,6 +27,7 @@ pub mod dead_letters;
 mod drain;
 mod exchanges;
 mod lifecycle;
+pub mod ordered;
 pub mod publish;
 pub mod retry;
 pub mod rpc;
@@ -65,6 +67,8 @@ pub struct Bus {
     shared: Arc<Shared>,
     subscriptions: Subscriptions,
     control: Arc<control::Control>,
+    ordered: Arc<ordered::Groups>,
+    retrier: Arc<retry::Retrier>,
     rpc: Rpc,
     dead_letters: dead_letters::DeadLetters,
     breaker: Arc<Breaker>,
@@ -126,11 +130,14 @@ impl Bus {
         };
         let control = control::Control::new(consume_pool.clone(), probe_pool.clone());
         tokio::spawn(control.clone().listen(shutdown.clone()));
+        let ordered = Arc::new(ordered::Groups::new(&config.ordered));
         let parts = subscribe::Parts {
+            groups: ordered.clone(),
+            publish_pool: publish_pool.clone(),
             pool: consume_pool.clone(),
             isolated: probe_pool.clone(),
             metrics: metrics.clone(),
-            retrier,
+            retrier: retrier.clone(),
             exchanges: exchanges.clone(),
             control: control.clone(),
         };
@@ -148,6 +155,7 @@ impl Bus {
             },
         );
         Ok(Arc::new(Self {
+            ordered,
             auth,
             rpc,
             dead_letters,
@@ -162,6 +170,7 @@ impl Bus {
             shared,
             subscriptions,
             control,
+            retrier,
             gate: Gate::default(),
             shutdown,
             topology_declared: AtomicBool::new(false),

@@ -6,6 +6,7 @@
 
 mod amqp_tls;
 mod auth;
+mod ordered;
 mod retry;
 mod sections;
 mod topology;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use amqp_tls::{AmqpTls, Password, Secrets};
 pub use auth::{Auth, Client, Hashes, Jwt};
+pub use ordered::Ordered;
 pub use retry::{Retry, RetryPolicy};
 pub use sections::{
     Amqp, Breaker, DeadLetters, GrpcListener, Listener, ListenerTls, Log, LogFormat, Publish, Rpc,
@@ -54,6 +56,8 @@ pub struct Config {
     pub topology: Topology,
     /// Authentication and authorization.
     pub auth: Auth,
+    /// `[[ordered]]`: ordered groups.
+    pub ordered: Vec<Ordered>,
 }
 
 /// A configuration that cannot be used: names the key and the value.
@@ -122,6 +126,7 @@ impl Config {
             }
         }
         crate::amqp::Connector::new(&self.amqp)?;
+        Ordered::validate(&self.ordered)?;
         for (key, value) in [
             ("http.listen", &self.http.listen),
             ("grpc.listen", &self.grpc.listen),

@@ -129,6 +129,7 @@ pub fn delivery(d: crate::bus::Delivery) -> proto::Delivery {
         attempt: d.attempt,
         reply_to: d.reply_to,
         queue: d.queue,
+        ordering_key: d.ordering_key,
     }
 }
 

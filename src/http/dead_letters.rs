@@ -97,7 +97,7 @@ fn selection(request: &SelectJson) -> Result<Selection, Error> {
 }
 
 /// The corrections given as `message`: only the fields present apply.
-fn patch(fields: Map<String, Value>) -> Result<Patch, Error> {
+pub(super) fn patch(fields: Map<String, Value>) -> Result<Patch, Error> {
     let has = |k: &str| fields.contains_key(k);
     let (body, ct, ce, headers) = (
         has("body") || has("body_base64"),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 mod dead_letters;
 mod host;
+mod ordered;
 mod problem;
 mod publish;
 mod queues;
@@ -55,6 +56,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/dead-letters/{dlq}/discard",
             post(dead_letters::discard),
         )
+        .route("/v1/ordered/{group}/blocked", get(ordered::blocked))
+        .route(
+            "/v1/ordered/{group}/blocked/{key}/retry",
+            post(ordered::retry),
+        )
+        .route("/v1/ordered/{group}/blocked/{key}/skip", post(ordered::skip))
         .route("/v1/queues/{queue}", get(queues::show))
         .route("/v1/queues/{queue}/pause", post(queues::pause))
         .route("/v1/queues/{queue}/resume", post(queues::resume))

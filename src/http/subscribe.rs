@@ -49,6 +49,8 @@ pub struct JsonDelivery {
     #[serde(skip_serializing_if = "String::is_empty")]
     reply_to: String,
     queue: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    ordering_key: String,
 }
 
 impl From<Delivery> for JsonDelivery {
@@ -62,6 +64,7 @@ impl From<Delivery> for JsonDelivery {
             attempt: d.attempt,
             reply_to: d.reply_to,
             queue: d.queue,
+            ordering_key: d.ordering_key,
         }
     }
 }

@@ -22,7 +22,8 @@ use crate::message::{check_short, Message};
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueInfo {
     pub name: String,
-    /// Ready messages (for an ordered group: in all its queues).
+    /// Ready messages (for an ordered group: in its partitions and waiting
+    /// behind keys taken aside).
     pub messages: u64,
     pub consumers: u64,
     pub paused: bool,
@@ -139,6 +140,15 @@ impl Bus {
     /// The queues a name stands for: an ordered group's partitions, or
     /// the queue itself.
     fn queues_of(&self, name: &str) -> Vec<String> {
-        vec![name.to_owned()]
+        let Some(group) = self.ordered.get(name) else {
+            return vec![name.to_owned()];
+        };
+        (0..group.partitions())
+            .flat_map(|p| {
+                // Held messages are the blocked keys' (see their listing).
+                let aside = (0..group.slots()).map(move |s| group.wait(p, s));
+                std::iter::once(group.queue(p)).chain(aside)
+            })
+            .collect()
     }
 }

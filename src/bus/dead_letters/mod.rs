@@ -17,7 +17,7 @@ use crate::auth::{Access, Caller};
 use crate::error::Error;
 use crate::message::{check_short, Headers, Message};
 
-pub(crate) use scan::DeadLetters;
+pub(crate) use scan::{replay_properties, DeadLetters};
 
 /// A dead-lettered message as operators see it.
 #[derive(Debug, Clone)]

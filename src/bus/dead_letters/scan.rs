@@ -57,7 +57,7 @@ fn view(got: &BasicGetMessage) -> DeadLetter {
 
 /// Properties for a replay: the stored ones without the dead-lettering
 /// history and attempt count, with the patch applied.
-fn replay_properties(stored: &BasicProperties, patch: &Patch) -> BasicProperties {
+pub(crate) fn replay_properties(stored: &BasicProperties, patch: &Patch) -> BasicProperties {
     let mut headers = stored.headers().clone().unwrap_or_default().inner().clone();
     if let Some(new) = &patch.headers {
         let keep: Vec<_> = headers

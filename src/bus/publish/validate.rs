@@ -22,8 +22,12 @@ impl Bus {
     pub(crate) async fn prepare(&self, mut publish: Publish) -> Result<Publish, Error> {
         check_short("exchange", &publish.exchange)?;
         check_short("routing_key", &publish.routing_key)?;
+        publish
+            .message
+            .validate(self.config.publish.max_body_bytes)?;
+        // Adds the ordering key's header: before the frame size is checked.
+        self.ordered.route(&mut publish)?;
         let message = &publish.message;
-        message.validate(self.config.publish.max_body_bytes)?;
         if message.expiration_ms > MAX_EXPIRATION_MS {
             return Err(Error::InvalidArgument(format!(
                 "expiration_ms {} is above the broker's limit of {MAX_EXPIRATION_MS}",

@@ -261,6 +261,7 @@ impl Subscriber {
             redelivered: d.redelivered,
             attempt,
             queue: self.queue.clone(),
+            ordering_key: String::new(),
         };
         (d.delivery_tag, delivery)
     }

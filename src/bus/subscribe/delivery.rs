@@ -54,8 +54,10 @@ pub struct Delivery {
     pub attempt: u32,
     /// Where a reply goes (the reply-to property).
     pub reply_to: String,
-    /// The queue it came from.
+    /// The queue it came from (for an ordered group: the group).
     pub queue: String,
+    /// Its ordering key (ordered groups), else empty.
+    pub ordering_key: String,
 }
 
 /// Where a delivery id points: the subscription (128 random bits, so ids

@@ -17,11 +17,12 @@ use super::Bus;
 use crate::auth::{Access, Caller, Share};
 use crate::error::Error;
 
-pub(crate) use delivery::attempt;
+pub(crate) use delivery::{attempt, DeliveryId};
 pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 pub use registry::Subscription;
 pub(super) use registry::{Parts, Subscriptions};
 pub use settle::Action;
+pub(crate) use settle::{refuse, Settle};
 
 /// The longest delay a nack may ask for.
 pub const MAX_NACK_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;

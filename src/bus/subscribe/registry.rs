@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +16,7 @@ use crate::amqp::Pool;
 use crate::auth::{Caller, Held};
 use crate::bus::control::Control;
 use crate::bus::exchanges::Exchanges;
+use crate::bus::ordered::Groups;
 use crate::bus::retry::Retrier;
 use crate::config;
 use crate::error::Error;
@@ -59,6 +60,20 @@ pub(crate) struct Parts {
     pub retrier: Arc<Retrier>,
     pub exchanges: Arc<Exchanges>,
     pub control: Arc<Control>,
+    /// Ordered groups, and where their subscribers move messages.
+    pub groups: Arc<Groups>,
+    pub publish_pool: Arc<Pool>,
+}
+
+/// A new subscription's plumbing.
+struct Wiring {
+    key: u128,
+    id: u64,
+    settle_tx: mpsc::Sender<Settle>,
+    settle: mpsc::Receiver<Settle>,
+    out: mpsc::Sender<Result<Delivery, Error>>,
+    deliveries: mpsc::Receiver<Result<Delivery, Error>>,
+    cancel: CancellationToken,
 }
 
 /// Every subscription of the bus.
@@ -76,6 +91,8 @@ pub struct Subscriptions {
     retrier: Arc<Retrier>,
     exchanges: Arc<Exchanges>,
     control: Arc<Control>,
+    groups: Arc<Groups>,
+    publish_pool: Arc<Pool>,
 }
 
 impl Subscriptions {
@@ -91,6 +108,8 @@ impl Subscriptions {
             retrier,
             exchanges,
             control,
+            groups,
+            publish_pool,
         } = parts;
         Self {
             slots: Arc::new(Semaphore::new(config.max_subscriptions)),
@@ -105,6 +124,8 @@ impl Subscriptions {
             retrier,
             exchanges,
             control,
+            groups,
+            publish_pool,
         }
     }
 
@@ -169,6 +190,18 @@ impl Subscriptions {
                 self.config.max_subscriptions
             ))
         })?;
+        if let Some(group) = self.groups.get(&r.queue).filter(|_| r.exchange.is_empty()) {
+            if r.auto_ack {
+                return Err(Error::InvalidArgument(format!(
+                    "{:?} is an ordered group: its deliveries must be acked (auto_ack is not allowed)",
+                    r.queue
+                )));
+            }
+            let group = group.clone();
+            return self
+                .open_ordered(caller, (slot, held), r, prefetch, group)
+                .await;
+        }
         let opener = Opener {
             pool: self.pool.clone(),
             isolated: self.isolated.clone(),
@@ -187,30 +220,15 @@ impl Subscriptions {
             queue,
             consumer,
         } = opener.open(now).await?;
-        // 128 random bits (a CSPRNG's): delivery ids cannot be guessed,
-        // and ids from before a restart are unknown after it.
-        let key = loop {
-            let key = rand::random::<u128>();
-            if !self
-                .live
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&key)
-            {
-                break key;
-            }
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (settle_tx, settle) = mpsc::channel(64);
-        let (out, deliveries) = mpsc::channel(usize::from(prefetch).clamp(1, 1024));
-        let cancel = self.shutdown.child_token();
-        self.live.write().unwrap_or_else(|e| e.into_inner()).insert(
+        let Wiring {
             key,
-            Live {
-                owner: caller.owner().cloned(),
-                settle: settle_tx.clone(),
-            },
-        );
+            id,
+            settle_tx,
+            settle,
+            out,
+            deliveries,
+            cancel,
+        } = self.wire(caller, prefetch);
         let subscriber = Subscriber {
             id,
             key,
@@ -230,17 +248,112 @@ impl Subscriptions {
             out,
             cancel: cancel.clone(),
         };
-        let live = self.live.clone();
-        self.tracker.spawn(async move {
-            subscriber.run().await;
-            live.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
-            drop((slot, held));
-        });
+        self.spawn(key, subscriber.run(), (slot, held));
         Ok(Subscription {
             deliveries,
             queue,
             _cancel: cancel.drop_guard(),
         })
+    }
+
+    /// A subscription of an ordered group.
+    async fn open_ordered(
+        &self,
+        caller: &Caller,
+        shares: (OwnedSemaphorePermit, Held),
+        r: SubscribeRequest,
+        prefetch: u16,
+        group: Arc<crate::bus::ordered::Group>,
+    ) -> Result<Subscription, Error> {
+        let paused = self.control.watch(&r.queue).await?;
+        let Wiring {
+            key,
+            id,
+            settle_tx,
+            settle,
+            out,
+            deliveries,
+            cancel,
+        } = self.wire(caller, prefetch);
+        let subscriber = crate::bus::ordered::Subscriber {
+            id,
+            key,
+            group,
+            pool: self.pool.clone(),
+            publish_pool: self.publish_pool.clone(),
+            retrier: self.retrier.clone(),
+            metrics: self.metrics.clone(),
+            prefetch: usize::from(prefetch),
+            settle,
+            out,
+            cancel: cancel.clone(),
+            paused,
+            notices: self.control.ordered(),
+        };
+        let task = match subscriber.start().await {
+            Ok(task) => task,
+            Err(e) => {
+                self.live
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                return Err(e);
+            }
+        };
+        drop(settle_tx);
+        self.spawn(key, task.run(), shares);
+        Ok(Subscription {
+            deliveries,
+            queue: r.queue,
+            _cancel: cancel.drop_guard(),
+        })
+    }
+
+    /// A new subscription's id, channels and cancellation, registered for
+    /// acks by delivery id.
+    fn wire(&self, caller: &Caller, prefetch: u16) -> Wiring {
+        // 128 random bits (a CSPRNG's): delivery ids cannot be guessed,
+        // and ids from before a restart are unknown after it.
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let key = loop {
+            let key = rand::random::<u128>();
+            if !live.contains_key(&key) {
+                break key;
+            }
+        };
+        let (settle_tx, settle) = mpsc::channel(64);
+        let (out, deliveries) = mpsc::channel(usize::from(prefetch).clamp(1, 1024));
+        live.insert(
+            key,
+            Live {
+                owner: caller.owner().cloned(),
+                settle: settle_tx.clone(),
+            },
+        );
+        Wiring {
+            key,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            settle_tx,
+            settle,
+            out,
+            deliveries,
+            cancel: self.shutdown.child_token(),
+        }
+    }
+
+    /// Runs a subscription's task; it is unregistered when it ends.
+    fn spawn(
+        &self,
+        key: u128,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+        shares: (OwnedSemaphorePermit, Held),
+    ) {
+        let live = self.live.clone();
+        self.tracker.spawn(async move {
+            task.await;
+            live.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            drop(shares);
+        });
     }
 
     /// The settle queue of the subscription `id` belongs to, when it is

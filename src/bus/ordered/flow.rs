@@ -1,0 +1,300 @@
+//! How a key's messages flow: filed on arrival, taken aside when busy,
+//! the next one made the head when the last is settled, slots read when a
+//! subscriber becomes a partition's active one.
+
+use lapin::message::Delivery as AmqpDelivery;
+use tracing::info;
+
+use super::keys::{header, Msg, Source};
+use super::{KEY_HEADER, RELEASED_HEADER, TICK_HEADER};
+use crate::amqp::codec;
+use crate::bus::subscribe::attempt;
+use crate::error::Error;
+
+use super::consumer::Task;
+
+impl Task {
+    /// A delivery from partition `p`.
+    pub(super) async fn arrived(&mut self, p: u32, d: AmqpDelivery) -> Result<(), Error> {
+        if !self.parts[p as usize].loaded {
+            // The first delivery since this subscriber became the partition's
+            // active consumer: what the last one handed over, and what is
+            // aside in the slots, comes first.
+            self.load(p).await?;
+        }
+        self.file(p, d, Source::Partition).await
+    }
+
+    /// Files a message from the partition (or its handover queue) under its key.
+    pub(super) async fn file(
+        &mut self,
+        p: u32,
+        d: AmqpDelivery,
+        source: fn(u64) -> Source,
+    ) -> Result<(), Error> {
+        let name = header(&d.properties, KEY_HEADER).unwrap_or_default();
+        let message = codec::message(bytes::Bytes::new(), &d.properties);
+        let msg = Msg {
+            source: source(d.delivery_tag),
+            seq: self.next_seq,
+            attempt: attempt(&message, d.redelivered),
+            redelivered: d.redelivered,
+            body: d.data.into(),
+            properties: d.properties,
+        };
+        self.next_seq += 1;
+        if header(&msg.properties, TICK_HEADER).is_some() {
+            // A nudge to read the slots again (an operator released a key,
+            // or a subscriber started): not for the client.
+            self.ack(p, msg.source).await?;
+            return self.reload(p).await;
+        }
+        let part = &mut self.parts[p as usize];
+        let key = part.keys.entry(name.clone()).or_default();
+        if let Some(slot) = key.slot {
+            // Taken aside: it joins the rest of its key in the slot.
+            let wait = self.s.group.wait(p, slot);
+            return self.move_to(p, &wait, vec![msg]).await;
+        }
+        if key.current.is_none() {
+            key.current = Some(msg);
+            self.ready.push_back((p, name));
+            return Ok(());
+        }
+        // Behind its head; taken aside when the head is settled, if by then
+        // it is busy (see `advance`).
+        key.pending.push_back(msg);
+        Ok(())
+    }
+
+    /// Moves a busy key's waiting messages into a slot of its own (its head
+    /// is settled: nothing of it stays unacked in the partition).
+    pub(super) async fn take_aside(&mut self, p: u32, name: &str) -> Result<(), Error> {
+        let part = &mut self.parts[p as usize];
+        let Some(slot) = part.claim(name) else {
+            return Ok(());
+        };
+        let key = part.keys.get_mut(name).expect("the key is known");
+        key.slot = Some(slot);
+        let moved: Vec<Msg> = key.pending.drain(..).collect();
+        let wait = self.s.group.wait(p, slot);
+        info!(
+            group = self.s.group.name(),
+            partition = p,
+            slot,
+            waiting = moved.len(),
+            "a busy key is taken aside"
+        );
+        self.move_to(p, &wait, moved).await
+    }
+
+    /// Reads partition `p`'s slots: which keys are aside, which blocked.
+    pub(super) async fn load(&mut self, p: u32) -> Result<(), Error> {
+        let mut found = Vec::new();
+        for slot in 0..self.s.group.slots() {
+            let held = self.s.group.held(p, slot);
+            let wait = self.s.group.wait(p, slot);
+            let (peeked, blocked) = match self.get(p, &held).await? {
+                Some(m) => {
+                    let released = header(&m.properties, RELEASED_HEADER).is_some();
+                    (Some(m), !released)
+                }
+                None => (self.get(p, &wait).await?, false),
+            };
+            if let Some(m) = peeked {
+                self.nack(p, m.delivery_tag, true).await?;
+                let name = header(&m.properties, KEY_HEADER).unwrap_or_default();
+                found.push((slot, name, blocked));
+            }
+        }
+        let part = &mut self.parts[p as usize];
+        part.loaded = true;
+        let mut resume = Vec::new();
+        for (slot, name, blocked) in found {
+            part.slots[slot] = Some(name.clone());
+            let key = part.keys.entry(name.clone()).or_default();
+            key.slot = Some(slot);
+            key.blocked = blocked;
+            if !blocked {
+                resume.push(name);
+            }
+        }
+        if !resume.is_empty() || part.slots.iter().any(Option::is_some) {
+            info!(
+                group = self.s.group.name(),
+                partition = p,
+                aside = part.slots.iter().flatten().count(),
+                "serving a partition with keys aside"
+            );
+        }
+        for name in resume {
+            self.advance(p, &name).await?;
+        }
+        let handover = self.s.group.handover(p);
+        let mut taken = 0;
+        while let Some(m) = self.get(p, &handover).await? {
+            taken += 1;
+            self.file(p, m, Source::Handover).await?;
+        }
+        if taken > 0 {
+            info!(
+                group = self.s.group.name(),
+                partition = p,
+                taken,
+                "took over what the last subscriber held"
+            );
+        }
+        Ok(())
+    }
+
+    /// An operator changed partition `p`: blocked keys may be free to go.
+    pub(super) async fn reload(&mut self, p: u32) -> Result<(), Error> {
+        let Some(part) = self.parts.get(p as usize) else {
+            return Ok(());
+        };
+        if !part.loaded {
+            return Ok(());
+        }
+        let blocked: Vec<(usize, String)> = part
+            .keys
+            .iter()
+            .filter(|(_, k)| k.blocked)
+            .filter_map(|(name, k)| k.slot.map(|s| (s, name.clone())))
+            .collect();
+        for (slot, name) in blocked {
+            let held = self.s.group.held(p, slot);
+            let still_blocked = match self.get(p, &held).await? {
+                Some(m) => {
+                    self.nack(p, m.delivery_tag, true).await?;
+                    header(&m.properties, RELEASED_HEADER).is_none()
+                }
+                // Someone is looking at it: still blocked.
+                None => true,
+            };
+            if !still_blocked {
+                info!(
+                    group = self.s.group.name(),
+                    partition = p,
+                    slot,
+                    "a blocked key was released"
+                );
+                if let Some(key) = self.parts[p as usize].keys.get_mut(&name) {
+                    key.blocked = false;
+                }
+                self.advance(p, &name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key that can go on does (after a resume).
+    pub(super) async fn advance_all(&mut self) -> Result<(), Error> {
+        for p in 0..self.parts.len() as u32 {
+            let names: Vec<String> = self.parts[p as usize]
+                .keys
+                .iter()
+                .filter(|(_, k)| k.current.is_none() && !k.blocked)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                self.advance(p, &name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The key's head was settled (or released): its next message becomes
+    /// the head, from the slot when it holds one, else from the partition.
+    pub(super) async fn advance(&mut self, p: u32, name: &str) -> Result<(), Error> {
+        if self.paused() {
+            return Ok(()); // `advance_all` runs on resume
+        }
+        let busy_at = self.busy_at();
+        let part = &mut self.parts[p as usize];
+        let Some(key) = part.keys.get_mut(name) else {
+            return Ok(());
+        };
+        if key.current.is_some() || key.blocked {
+            return Ok(());
+        }
+        if key.slot.is_none()
+            && key.pending.len() >= busy_at
+            && part.free_slots() > part.slots.len() / 2
+        {
+            self.take_aside(p, name).await?;
+        }
+        let part = &mut self.parts[p as usize];
+        let key = part.keys.get_mut(name).expect("still known");
+        let Some(slot) = key.slot else {
+            match key.pending.pop_front() {
+                Some(next) => {
+                    key.current = Some(next);
+                    self.ready.push_back((p, name.to_owned()));
+                }
+                None => {
+                    part.keys.remove(name);
+                }
+            }
+            return Ok(());
+        };
+        let (held, wait) = (self.s.group.held(p, slot), self.s.group.wait(p, slot));
+        let next = match self.get(p, &held).await? {
+            Some(m) if header(&m.properties, RELEASED_HEADER).as_deref() == Some("skip") => {
+                // The held message was skipped: on with the waiting ones.
+                self.ack(p, Source::Held(m.delivery_tag)).await?;
+                self.get(p, &wait)
+                    .await?
+                    .map(|m| (m, Source::Wait as fn(u64) -> Source, false))
+            }
+            Some(m) if header(&m.properties, RELEASED_HEADER).is_some() => {
+                Some((m, Source::Held as fn(u64) -> Source, true))
+            }
+            Some(m) => {
+                // Held and not released: the key is blocked.
+                self.nack(p, m.delivery_tag, true).await?;
+                if let Some(key) = self.parts[p as usize].keys.get_mut(name) {
+                    key.blocked = true;
+                }
+                return Ok(());
+            }
+            None => self
+                .get(p, &wait)
+                .await?
+                .map(|m| (m, Source::Wait as fn(u64) -> Source, false)),
+        };
+        let part = &mut self.parts[p as usize];
+        let key = part.keys.get_mut(name).expect("still known");
+        match next {
+            Some((m, source, released)) => {
+                let message = codec::message(bytes::Bytes::new(), &m.properties);
+                key.current = Some(Msg {
+                    source: source(m.delivery_tag),
+                    seq: 0,
+                    attempt: if released {
+                        1
+                    } else {
+                        attempt(&message, false)
+                    },
+                    redelivered: m.redelivered,
+                    body: m.data.into(),
+                    properties: m.properties,
+                });
+                self.ready.push_back((p, name.to_owned()));
+            }
+            None => {
+                // Drained: the key flows from the partition again.
+                part.slots[slot] = None;
+                key.slot = None;
+                if key.is_idle() {
+                    part.keys.remove(name);
+                }
+                if let Some(stalled) = part.stalled.take() {
+                    self.unstall(p);
+                    self.block(p, &stalled, "failed while no slot was free")
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
