@@ -619,3 +619,87 @@ async fn rpc_and_topology_recover_after_connections_drop() {
     responder.abort();
     warren.stop().await;
 }
+
+/// A blocked key of an ordered group, its held message and the messages
+/// waiting behind it survive a broker restart; the subscription resumes,
+/// the key stays blocked, and a retry lets it go on in order.
+#[tokio::test]
+async fn a_blocked_key_survives_a_broker_restart() {
+    let _serial = FAULTS.lock().await;
+    let _restore = Restore;
+    let group = unique("ordered-restart");
+    let config = common::config_toml(&format!(
+        "[[ordered]]\nname = \"{group}\"\npartitions = 1\n"
+    ));
+    let warren = Warren::start_with(config).await;
+    let mut client = warren.grpc().await;
+    for body in ["a0", "a1", "a2", "b0"] {
+        let key = &body[..1];
+        client
+            .publish(PublishRequest {
+                exchange: group.clone(),
+                ordering_key: key.into(),
+                message: Some(Message {
+                    body: body.as_bytes().to_vec().into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut stream = common::subscribe_with(&mut client, common::on(&group, 4)).await;
+    let a0 = common::next(&mut stream).await;
+    assert_eq!(common::body(&a0), "a0");
+    common::nack(&mut client, &a0, false, 0).await;
+    let b0 = common::next(&mut stream).await;
+    common::ack(&mut client, &b0).await;
+    let blocked = async || -> Vec<serde_json::Value> {
+        let Ok(response) = reqwest::get(warren.url(&format!("/v1/ordered/{group}/blocked"))).await
+        else {
+            return Vec::new();
+        };
+        let listing: serde_json::Value = response.json().await.unwrap_or_default();
+        listing["blocked"].as_array().cloned().unwrap_or_default()
+    };
+    wait_for(
+        "the key to be blocked",
+        Duration::from_secs(5),
+        async || blocked().await.first().is_some_and(|b| b["waiting"] == 2),
+    )
+    .await;
+
+    stop_broker();
+    start_broker();
+    wait_for("readiness", Duration::from_secs(30), async || {
+        ready(&warren).await
+    })
+    .await;
+    wait_for(
+        "the key still blocked",
+        Duration::from_secs(15),
+        async || {
+            blocked()
+                .await
+                .first()
+                .is_some_and(|b| b["key"] == "a" && b["waiting"] == 2)
+        },
+    )
+    .await;
+    assert!(
+        common::quiet(&mut stream, Duration::from_secs(1)).await,
+        "nothing of a while it is blocked"
+    );
+    let retried = reqwest::Client::new()
+        .post(warren.url(&format!("/v1/ordered/{group}/blocked/a/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    for expected in ["a0", "a1", "a2"] {
+        let d = common::next_within(&mut stream, Duration::from_secs(15)).await;
+        assert_eq!(common::body(&d), expected);
+        common::ack(&mut client, &d).await;
+    }
+    warren.stop().await;
+}

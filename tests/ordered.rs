@@ -455,3 +455,175 @@ async fn bad_ordered_requests_change_nothing() {
     Broker::connect().await.delete_queues(&[queue]).await;
     cleanup(&group, 2, 16).await;
 }
+
+/// `warren` as a child process (to be killed with SIGKILL), on free ports.
+struct Child {
+    child: std::process::Child,
+    http: String,
+    grpc: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Child {
+    async fn start(group: &str, partitions: u32) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("ordered-config")));
+        std::fs::write(
+            &path,
+            format!("[[ordered]]\nname = \"{group}\"\npartitions = {partitions}\n"),
+        )
+        .unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("--config")
+            .arg(&path)
+            .env("WARREN__AMQP__URL", amqp_url())
+            .env("WARREN__HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("WARREN__GRPC__LISTEN", format!("127.0.0.1:{grpc}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("warren starts");
+        let http = format!("http://127.0.0.1:{http}");
+        for _ in 0..300 {
+            if let Ok(r) = reqwest::get(format!("{http}/readyz")).await {
+                if r.status() == 200 {
+                    return Self {
+                        child,
+                        http,
+                        grpc: format!("http://127.0.0.1:{grpc}"),
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the child warren did not become ready");
+    }
+
+    async fn grpc(&self) -> BusClient<GrpcChannel> {
+        BusClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+}
+
+/// SIGKILL of the Warren serving a group, while one key is blocked and
+/// another has messages in flight: the blocked key and its waiting
+/// messages are still there for the Warren that takes over, and the other
+/// key goes on in order.
+#[tokio::test]
+async fn sigkill_while_a_key_is_blocked_loses_nothing() {
+    let group = unique("ordered-kill");
+    let doomed = Child::start(&group, 1).await;
+    let standby = start_on(&group, 1, "").await;
+    let mut client = doomed.grpc().await;
+    let mut stream = subscribe_with(&mut client, on(&group, 4)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut other = standby.grpc().await;
+    let mut second = subscribe_with(&mut other, on(&group, 4)).await;
+    for body in ["a0", "a1", "a2"] {
+        publish_keyed(&mut client, &group, "a", body).await;
+    }
+    for i in 0..10 {
+        publish_keyed(&mut client, &group, "c", &format!("c{i}")).await;
+    }
+    let mut first = HashMap::new();
+    for _ in 0..2 {
+        let d = next(&mut stream).await;
+        first.insert(key_of(&d), d);
+    }
+    nack(&mut client, &first["a"], false, 0).await;
+    let c0 = &first["c"];
+    assert_eq!(body(c0), "c0");
+    ack(&mut client, c0).await;
+    let c1 = next(&mut stream).await;
+    assert_eq!(body(&c1), "c1");
+    // Blocked (held, a1 and a2 waiting); c1 in flight, c2.. behind it.
+    let waiting = async {
+        loop {
+            let listed = blocked(&standby, &group).await;
+            if listed.first().is_some_and(|b| b["waiting"] == 2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("a is blocked");
+    doomed.kill();
+
+    // The standby takes over: c1 again, then the rest of c, in order.
+    for i in 1..10 {
+        let d = next_within(&mut second, Duration::from_secs(15)).await;
+        assert_eq!(body(&d), format!("c{i}"));
+        ack(&mut other, &d).await;
+    }
+    assert!(
+        quiet(&mut second, Duration::from_millis(500)).await,
+        "a stays blocked"
+    );
+    let listed = blocked(&standby, &group).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0]["key"].as_str(), listed[0]["waiting"].as_u64()),
+        (Some("a"), Some(2))
+    );
+    let url = standby.url(&format!("/v1/ordered/{group}/blocked/a/retry"));
+    assert_eq!(post_json(&url, None).await.0, 200);
+    for expected in ["a0", "a1", "a2"] {
+        let d = next(&mut second).await;
+        assert_eq!(body(&d), expected);
+        ack(&mut other, &d).await;
+    }
+    standby.stop().await;
+    cleanup(&group, 1, 32).await;
+}
+
+/// Pausing a group's name pauses the group on every Warren; resuming lets
+/// it go on, in order.
+#[tokio::test]
+async fn pausing_a_group_holds_it_everywhere() {
+    let (a, group) = with_group(2, "").await;
+    let b = start_on(&group, 2, "").await;
+    let mut client = b.grpc().await;
+    let mut stream = subscribe_with(&mut client, on(&group, 4)).await;
+    let (status, info) = post_json(&a.url(&format!("/v1/queues/{group}/pause")), None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["paused"], true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        publish_keyed(&mut client, &group, "k", &i.to_string()).await;
+    }
+    assert!(quiet(&mut stream, Duration::from_secs(1)).await, "paused");
+    let info: Value = reqwest::get(b.url(&format!("/v1/queues/{group}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["paused"], true);
+    let (status, _) = post_json(&b.url(&format!("/v1/queues/{group}/resume")), None).await;
+    assert_eq!(status, 200);
+    for i in 0..3 {
+        let d = next(&mut stream).await;
+        assert_eq!(body(&d), i.to_string());
+        ack(&mut client, &d).await;
+    }
+    a.stop().await;
+    b.stop().await;
+    Broker::connect()
+        .await
+        .delete_queues(&[format!("warren.paused.{group}")])
+        .await;
+    cleanup(&group, 2, 16).await;
+}
