@@ -459,8 +459,14 @@ async fn bad_ordered_requests_change_nothing() {
 /// `warren` as a child process (to be killed with SIGKILL), on free ports.
 struct Child {
     child: std::process::Child,
-    http: String,
     grpc: String,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn free_port() -> u16 {
@@ -480,7 +486,7 @@ impl Child {
         )
         .unwrap();
         let (http, grpc) = (free_port(), free_port());
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("--config")
             .arg(&path)
             .env("WARREN__AMQP__URL", amqp_url())
@@ -496,13 +502,14 @@ impl Child {
                 if r.status() == 200 {
                     return Self {
                         child,
-                        http,
                         grpc: format!("http://127.0.0.1:{grpc}"),
                     };
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the child warren did not become ready");
     }
 
