@@ -67,6 +67,9 @@ pub struct Metrics {
     /// `warren_auth_denied_total{reason}`: unauthenticated, forbidden,
     /// rate_limited.
     pub auth_denied_total: IntCounterVec,
+    /// `warren_ordered_events_total{event}`: blocked, taken_aside,
+    /// handed_over, stalled (ordered groups).
+    pub ordered_events: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -151,6 +154,11 @@ impl Metrics {
                 "warren_auth_denied_total",
                 "Requests refused by authentication, authorization or a client's rate.",
                 "reason",
+            ),
+            ordered_events: counter_vec(
+                "warren_ordered_events_total",
+                "Ordered groups: keys blocked, busy keys taken aside, messages handed over by leaving subscribers, partitions stalled with every slot taken.",
+                "event",
             ),
             channels: {
                 let ledger = crate::amqp::Ledger::default();

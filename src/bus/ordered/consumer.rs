@@ -408,6 +408,12 @@ impl Task {
                 held.extend(key.pending.drain(..).filter(|m| m.source.in_partition()));
             }
             held.sort_by_key(|m| m.seq);
+            let counted = held.len() as u64;
+            self.s
+                .metrics
+                .ordered_events
+                .with_label_values(&["handed_over"])
+                .inc_by(counted);
             let handover = self.s.group.handover(p);
             self.move_to(p, &handover, held).await?;
         }

@@ -78,6 +78,11 @@ impl Task {
         key.slot = Some(slot);
         let moved: Vec<Msg> = key.pending.drain(..).collect();
         let wait = self.s.group.wait(p, slot);
+        self.s
+            .metrics
+            .ordered_events
+            .with_label_values(&["taken_aside"])
+            .inc();
         info!(
             group = self.s.group.name(),
             partition = p,

@@ -212,11 +212,21 @@ impl Task {
         let Some(slot) = existing.or_else(|| part.claim(name)) else {
             warn!(group = self.s.group.name(), partition = p, "a key failed and every slot of its partition is taken: the partition stops until an operator frees one");
             part.stalled = Some(name.to_owned());
+            self.s
+                .metrics
+                .ordered_events
+                .with_label_values(&["stalled"])
+                .inc();
             return Ok(());
         };
         let key = part.keys.get_mut(name).expect("a failed key is known");
         key.slot = Some(slot);
         key.blocked = true;
+        self.s
+            .metrics
+            .ordered_events
+            .with_label_values(&["blocked"])
+            .inc();
         let msg = key.current.take().expect("a failed key has a head");
         let pending: Vec<Msg> = key.pending.drain(..).collect();
         let since = std::time::SystemTime::now()
