@@ -45,7 +45,7 @@ async fn publish_keyed(client: &mut BusClient<GrpcChannel>, group: &str, key: &s
 /// The queues a group makes (to delete them afterwards).
 async fn cleanup(group: &str, partitions: u32, slots: u32) {
     let broker = Broker::connect().await;
-    let mut queues = vec![format!("{group}.dlq")];
+    let mut queues = vec![format!("{group}.dlq"), format!("{group}.subscribers")];
     for p in 0..partitions {
         queues.push(format!("{group}.{p}"));
         queues.push(format!("{group}.{p}.handover"));
@@ -633,4 +633,68 @@ async fn pausing_a_group_holds_it_everywhere() {
         .delete_queues(&[format!("warren.paused.{group}")])
         .await;
     cleanup(&group, 2, 16).await;
+}
+
+/// The first subscriber of a group would serve every partition; it lets
+/// partitions beyond its fair share go, so that both subscribers deliver,
+/// and every key is still acked once each, in order.
+#[tokio::test]
+async fn partitions_spread_over_subscribers() {
+    let (a, group) = with_group(4, "").await;
+    let b = start_on(&group, 4, "").await;
+    let mut publisher = a.grpc().await;
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        for k in 0..40 {
+            requests.push(keyed(&group, &format!("k{k}"), &i.to_string()));
+        }
+    }
+    let responses = publisher
+        .publish_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let confirmed = futures::StreamExt::collect::<Vec<_>>(responses).await;
+    assert!(confirmed.iter().all(|r| r.as_ref().unwrap().code == 0));
+    let acked: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let by: Arc<Mutex<[usize; 2]>> = Arc::default();
+    let mut workers = Vec::new();
+    for (who, warren) in [&a, &b].into_iter().enumerate() {
+        let mut client = warren.grpc().await;
+        let mut stream = subscribe_with(&mut client, on(&group, 8)).await;
+        let (acked, by) = (acked.clone(), by.clone());
+        workers.push(tokio::spawn(async move {
+            while let Ok(Ok(Some(d))) =
+                tokio::time::timeout(Duration::from_secs(5), stream.message()).await
+            {
+                tokio::time::sleep(Duration::from_millis(4)).await;
+                acked
+                    .lock()
+                    .unwrap()
+                    .entry(key_of(&d))
+                    .or_default()
+                    .push(body(&d).parse().unwrap());
+                by.lock().unwrap()[who] += 1;
+                ack(&mut client, &d).await;
+            }
+        }));
+        // The first subscriber is alone for a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 40);
+    for (key, got) in &acked {
+        assert_eq!(got, &(0..40).collect::<Vec<u32>>(), "{key}");
+    }
+    let by = *by.lock().unwrap();
+    assert!(
+        by[1] > 200,
+        "the second subscriber served partitions too: {by:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+    cleanup(&group, 4, 8).await;
 }

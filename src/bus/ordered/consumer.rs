@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::io::tick;
-use super::keys::{Msg, Partition};
+use super::keys::Partition;
 use super::Group;
 use crate::amqp::{self, codec, Channel, Pool};
 use crate::bus::retry::Retrier;
@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::message::RESERVED_PREFIX;
 use crate::metrics::Metrics;
 
-type Item = (u32, Option<Result<AmqpDelivery, lapin::Error>>);
+type Item = (u32, u64, Option<Result<AmqpDelivery, lapin::Error>>);
 /// A partition's deliveries (Sync: the task is borrowed across awaits).
 type Deliveries = std::pin::Pin<Box<dyn futures::Stream<Item = Item> + Send + Sync>>;
 
@@ -50,7 +50,7 @@ enum Event {
     Paused(bool),
     Notice(Option<(String, u32)>),
     Room(mpsc::OwnedPermit<Result<Delivery, Error>>),
-    Arrived(u32, Option<Result<AmqpDelivery, lapin::Error>>),
+    Arrived(u32, u64, Option<Result<AmqpDelivery, lapin::Error>>),
     Nudge,
 }
 
@@ -92,6 +92,9 @@ pub(crate) struct Task {
     pub(super) consumers: SelectAll<Deliveries>,
     /// Moves are published here, in order, and confirmed.
     pub(super) confirm: Option<Channel>,
+    /// Holds this subscriber's consumer of the group's presence queue
+    /// (kept: dropping a lapin consumer cancels it).
+    pub(super) presence: Option<(Channel, lapin::Consumer)>,
     pub(super) generation: u64,
     pub(super) next_seq: u64,
     /// The client's deliveries: sequence number to partition and key.
@@ -116,6 +119,7 @@ impl Subscriber {
             s: self,
             consumers: SelectAll::new(),
             confirm: None,
+            presence: None,
             generation: 0,
             next_seq: 1,
             sent: HashMap::new(),
@@ -144,33 +148,52 @@ impl Task {
     }
 
     pub(super) async fn open(&mut self) -> Result<(), Error> {
-        let window = self.window();
-        for p in 0..self.parts.len() {
-            let channel = self.s.pool.open_channel().await?;
-            self.parts[p].channel = Some(channel.clone());
-            let qos = channel.basic_qos(window, BasicQosOptions::default());
-            self.s.pool.op("basic.qos", qos).await?;
-            let queue = self.s.group.queue(p as u32);
-            let consume = channel.basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            );
-            let consumer = self.s.pool.op("basic.consume", consume).await?;
-            let index = p as u32;
-            let stream = consumer
-                .map(move |d| (index, Some(d)))
-                .chain(futures::stream::once(async move { (index, None) }));
-            self.consumers.push(Box::pin(stream));
-        }
-        // Whoever serves each partition reads its slots (a key released
-        // while nobody served it goes on now).
+        let channel = self.s.pool.open_channel().await?;
+        let presence = self.s.group.presence();
+        let consume = channel.basic_consume(
+            presence.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        // Never delivers: it is counted, not read.
+        let consumer = self.s.pool.op("basic.consume", consume).await?;
+        self.presence = Some((channel, consumer));
         for p in 0..self.parts.len() as u32 {
-            let queue = self.s.group.queue(p);
-            self.publish(&queue, vec![tick()]).await?;
+            self.open_partition(p).await?;
         }
         Ok(())
+    }
+
+    /// Consumes partition `p` on a channel of its own (active, or standing
+    /// by behind its other subscribers), then nudges it: whoever serves it
+    /// reads its slots (a key released while nobody served it goes on).
+    pub(super) async fn open_partition(&mut self, p: u32) -> Result<(), Error> {
+        let window = self.window();
+        let channel = self.s.pool.open_channel().await?;
+        let part = &mut self.parts[p as usize];
+        part.channel = Some(channel.clone());
+        part.epoch += 1;
+        let epoch = part.epoch;
+        let qos = channel.basic_qos(window, BasicQosOptions::default());
+        self.s.pool.op("basic.qos", qos).await?;
+        let queue = self.s.group.queue(p);
+        let consume = channel.basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = self.s.pool.op("basic.consume", consume).await?;
+        self.parts[p as usize].consumer = Some(consumer.clone());
+        let stream = consumer
+            .map(move |d| (p, epoch, Some(d)))
+            .chain(futures::stream::once(async move { (p, epoch, None) }));
+        self.consumers.push(Box::pin(stream));
+        self.publish(&queue, vec![tick()]).await
     }
 
     pub(super) async fn close(&mut self) {
@@ -181,8 +204,9 @@ impl Task {
                 channel.close(timeout).await;
             }
         }
-        if let Some(confirm) = self.confirm.take() {
-            confirm.close(timeout).await;
+        let presence = self.presence.take().map(|(channel, _)| channel);
+        for channel in [self.confirm.take(), presence].into_iter().flatten() {
+            channel.close(timeout).await;
         }
     }
 
@@ -198,6 +222,8 @@ impl Task {
             let event = tokio::select! {
                 biased;
                 _ = self.s.cancel.cancelled() => break None,
+                // Rare, so first: the branches below can be ready all the time.
+                _ = nudge.tick() => Event::Nudge,
                 Some(request) = self.s.settle.recv() => Event::Settle(request),
                 Some(due) = self.due.recv() => Event::Due(due),
                 changed = self.s.paused.changed() => match changed {
@@ -212,11 +238,13 @@ impl Task {
                     Ok(permit) => Event::Room(permit),
                     Err(_) => break None, // the client went away
                 },
-                Some((p, item)) = self.consumers.next() => Event::Arrived(p, item),
-                _ = nudge.tick() => Event::Nudge,
+                Some((p, epoch, item)) = self.consumers.next() => Event::Arrived(p, epoch, item),
             };
             let result = match event {
-                Event::Settle(request) => self.handle(request).await,
+                Event::Settle(request) => match self.handle(request).await {
+                    Ok(()) => self.release_ready().await,
+                    Err(e) => Err(e),
+                },
                 Event::Due(due) => self.due(due),
                 Event::Paused(paused) => {
                     info!(
@@ -241,10 +269,15 @@ impl Task {
                     }
                     Ok(())
                 }
-                Event::Arrived(p, Some(Ok(d))) => self.arrived(p, d).await,
-                Event::Arrived(_, Some(Err(e))) => Err(amqp::classify(e)),
-                Event::Nudge => self.nudge(false).await,
-                Event::Arrived(p, None) => Err(Error::unavailable(format!(
+                // From a channel this subscriber closed to let the partition go.
+                Event::Arrived(p, epoch, _) if epoch != self.parts[p as usize].epoch => Ok(()),
+                Event::Arrived(p, _, Some(Ok(d))) => self.arrived(p, d).await,
+                Event::Arrived(_, _, Some(Err(e))) => Err(amqp::classify(e)),
+                Event::Nudge => match self.nudge(false).await {
+                    Ok(()) => self.balance().await,
+                    Err(e) => Err(e),
+                },
+                Event::Arrived(p, _, None) => Err(Error::unavailable(format!(
                     "the consumer of {} ended",
                     self.s.group.queue(p)
                 ))),
@@ -343,7 +376,7 @@ impl Task {
         while let Some((p, name)) = self.ready.pop_front() {
             let group = self.s.group.name().to_owned();
             let part = &mut self.parts[p as usize];
-            if part.stalled.is_some() {
+            if part.stalled.is_some() || part.releasing {
                 // Nothing leaves a stalled partition until it has a slot.
                 self.stalled.push((p, name));
                 continue;
@@ -385,38 +418,5 @@ impl Task {
             return Some(delivery);
         }
         None
-    }
-
-    /// Leaving: what this subscriber holds from the partitions it serves
-    /// goes, in order and confirmed, to their handover queues, so that the
-    /// next subscriber gets it before anything later.
-    pub(super) async fn hand_over(&mut self) -> Result<(), Error> {
-        for p in 0..self.parts.len() as u32 {
-            let part = &mut self.parts[p as usize];
-            if !part.loaded {
-                continue;
-            }
-            let mut held: Vec<Msg> = Vec::new();
-            for key in part.keys.values_mut() {
-                if key
-                    .current
-                    .as_ref()
-                    .is_some_and(|m| m.source.in_partition())
-                {
-                    held.extend(key.current.take());
-                }
-                held.extend(key.pending.drain(..).filter(|m| m.source.in_partition()));
-            }
-            held.sort_by_key(|m| m.seq);
-            let counted = held.len() as u64;
-            self.s
-                .metrics
-                .ordered_events
-                .with_label_values(&["handed_over"])
-                .inc_by(counted);
-            let handover = self.s.group.handover(p);
-            self.move_to(p, &handover, held).await?;
-        }
-        Ok(())
     }
 }

@@ -135,20 +135,7 @@ impl Task {
         for name in resume {
             self.advance(p, &name).await?;
         }
-        let handover = self.s.group.handover(p);
-        let mut taken = 0;
-        while let Some(m) = self.get(p, &handover).await? {
-            taken += 1;
-            self.file(p, m, Source::Handover).await?;
-        }
-        if taken > 0 {
-            info!(
-                group = self.s.group.name(),
-                partition = p,
-                taken,
-                "took over what the last subscriber held"
-            );
-        }
+        self.take_over(p).await?;
         Ok(())
     }
 

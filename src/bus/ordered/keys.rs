@@ -78,6 +78,8 @@ impl Key {
 pub struct Partition {
     /// Its own channel: closing it hands the partition to another subscriber.
     pub channel: Option<Channel>,
+    /// The consumer on it (a handle to the same deliveries the task reads).
+    pub consumer: Option<lapin::Consumer>,
     /// The slots were read since this subscriber became the active one.
     pub loaded: bool,
     pub keys: HashMap<String, Key>,
@@ -85,26 +87,36 @@ pub struct Partition {
     pub slots: Vec<Option<String>>,
     /// A key that failed with no slot free: the partition waits for one.
     pub stalled: Option<String>,
+    /// Counts the channels opened for it (deliveries of an older one are
+    /// ignored).
+    pub epoch: u64,
+    /// Being let go to another subscriber: nothing more is handed out.
+    pub releasing: bool,
 }
 
 impl Partition {
     pub fn new(slots: usize) -> Self {
         Self {
             channel: None,
+            consumer: None,
             loaded: false,
             keys: HashMap::new(),
             slots: vec![None; slots],
             stalled: None,
+            epoch: 0,
+            releasing: false,
         }
     }
 
     /// Forgets everything (its channel is gone and with it what it held).
     pub fn reset(&mut self) {
         self.channel = None;
+        self.consumer = None;
         self.loaded = false;
         self.keys.clear();
         self.slots.iter_mut().for_each(|s| *s = None);
         self.stalled = None;
+        self.releasing = false;
     }
 
     pub fn free_slots(&self) -> usize {

@@ -16,6 +16,8 @@
 //!   that leaves puts what it held, in order, for the next one (the broker
 //!   may give the next subscriber later messages before it has returned the
 //!   leaving one's unacked ones);
+//! - `g.subscribers`, where each subscriber has a consumer (never a
+//!   message): how partitions are spread over them (see `balance`);
 //! - `g.dlq`, where skipped and (without blocking) failed messages go.
 //!
 //! Everything a key's order depends on is in these queues, so it survives
@@ -23,8 +25,10 @@
 //! a subscriber serves the partitions, and `operate` for the operators'
 //! view of blocked keys.
 
+mod balance;
 mod consumer;
 mod flow;
+mod handover;
 mod io;
 mod keys;
 mod operate;
@@ -100,6 +104,12 @@ impl Group {
         format!("{}.{partition}.handover", self.name())
     }
 
+    /// Where every subscriber of the group has a consumer (never a message):
+    /// their count.
+    pub fn presence(&self) -> String {
+        format!("{}.subscribers", self.name())
+    }
+
     pub fn dlq(&self) -> String {
         format!("{}.dlq", self.name())
     }
@@ -125,6 +135,10 @@ impl Group {
         quorum.insert("x-queue-type".into(), args::string("quorum"));
         let dlq = self.dlq();
         let declare = channel.queue_declare(dlq.as_str().into(), durable, quorum.clone());
+        pool.op("queue.declare", declare).await?;
+        let presence = self.presence();
+        let declare =
+            channel.queue_declare(presence.as_str().into(), durable, FieldTable::default());
         pool.op("queue.declare", declare).await?;
         let mut partition = quorum;
         partition.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -161,7 +175,7 @@ impl Group {
 
     /// How many broker operations `declare` makes.
     pub fn declarations(&self) -> usize {
-        2 + self.partitions() as usize * (3 + 2 * self.slots())
+        3 + self.partitions() as usize * (3 + 2 * self.slots())
     }
 }
 
