@@ -12,6 +12,9 @@
 //!   delivery ids and attempts; `Bus::subscribe`, `ack`, `nack`.
 //! - [`rpc`]: request/reply with direct reply-to; `Bus::call`, `reply`.
 //! - [`retry`]: the retry policy and the broker-held delay queues.
+//! - [`schedule`]: scheduled publish: the delay chain's topology, the
+//!   rewrite of a scheduled publish into it, and the forwarder that routes
+//!   due messages to their targets.
 //! - [`dead_letters`]: list, replay and discard dead letters.
 //! - `exchanges`: which exchanges exist, checked before publishing.
 //! - `breaker`: the circuit breaker.
@@ -26,12 +29,14 @@ mod lifecycle;
 pub mod publish;
 pub mod retry;
 pub mod rpc;
+pub mod schedule;
 pub mod subscribe;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::amqp::{Pool, Role};
 use crate::config::Config;
@@ -66,17 +71,21 @@ pub struct Bus {
     breaker: Arc<Breaker>,
     auth: crate::auth::Auth,
     /// Every call passes it; shutdown closes it and waits for the passes.
-    gate: Gate,
+    gate: Arc<Gate>,
     /// Cancelled after the drain: ends subscriptions, publisher tasks and
     /// background work.
     shutdown: CancellationToken,
     topology_declared: AtomicBool,
+    /// The delay chain, declared on the first scheduled publish.
+    scheduled: schedule::Topology,
+    /// The forwarder of due scheduled messages.
+    background: TaskTracker,
 }
 
 impl Bus {
-    /// Starts the connection pools (connecting in the background) and the
-    /// shared publishers. Fails only when `[auth]`'s key material cannot be
-    /// read.
+    /// Starts the connection pools (connecting in the background), the
+    /// shared publishers and the forwarder of scheduled messages. Fails only
+    /// when `[auth]`'s key material cannot be read.
     pub fn start(config: Arc<Config>, metrics: Metrics) -> Result<Arc<Self>, crate::auth::Invalid> {
         let auth = crate::auth::Auth::new(&config.auth, &metrics)?;
         let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
@@ -125,7 +134,7 @@ impl Bus {
             probe_pool.clone(),
             metrics.clone(),
             config.subscribe.clone(),
-            retrier,
+            retrier.clone(),
             exchanges.clone(),
             shutdown.clone(),
         );
@@ -141,6 +150,23 @@ impl Bus {
                 i64::from(connected)
             },
         );
+        let gate = Arc::new(Gate::default());
+        let forwarder = schedule::Forwarder {
+            pool: consume_pool.clone(),
+            exchanges: exchanges.clone(),
+            publishers: publishers.clone(),
+            caller: auth.internal(),
+            retrier,
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            kind: config.retry.delay_queue_type,
+            shutdown: shutdown.clone(),
+            failures: Default::default(),
+        };
+        let background = TaskTracker::new();
+        background.spawn(forwarder.run());
+        let scheduled =
+            schedule::Topology::new(publish_pool.clone(), config.retry.delay_queue_type);
         Ok(Arc::new(Self {
             auth,
             rpc,
@@ -155,9 +181,11 @@ impl Bus {
             publishers,
             shared,
             subscriptions,
-            gate: Gate::default(),
+            gate,
             shutdown,
             topology_declared: AtomicBool::new(false),
+            scheduled,
+            background,
         }))
     }
 

@@ -384,7 +384,7 @@ impl Task {
     }
 
     fn finish(&self, command: Command, result: Result<Confirmed, Error>) {
-        self.ctx.record(command.started, &result);
+        self.ctx.record(command.started, &command.publish, &result);
         // The caller may have gone (deadline, disconnect): nothing to tell.
         let _ = command.reply.send(result);
     }
