@@ -109,9 +109,7 @@ fn is_targets(error: &Error) -> bool {
 impl Forwarder {
     /// Runs until shutdown.
     pub(crate) async fn run(self) {
-        let Some(publisher) = self.publisher().await else {
-            return;
-        };
+        let publisher = self.publishers.internal(&self.caller);
         let mut backoff = reconnect_backoff();
         let mut failing = false;
         loop {
@@ -144,20 +142,6 @@ impl Forwarder {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    /// A publisher session of the forwarder's own (within the channel cap).
-    async fn publisher(&self) -> Option<PublisherHandle> {
-        loop {
-            match self.publishers.dedicated(&self.caller) {
-                Ok(handle) => return Some(handle),
-                Err(error) => warn!(%error, "the forwarder has no publisher channel yet"),
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
     }
