@@ -96,12 +96,7 @@ impl Publishers {
     /// channels clients can make Warren open.
     pub(crate) fn internal(&self, caller: &Caller) -> Handle {
         Handle {
-            tx: session::spawn(
-                self.ctx.clone(),
-                None,
-                self.shutdown.clone(),
-                &self.tracker,
-            ),
+            tx: session::spawn(self.ctx.clone(), None, self.shutdown.clone(), &self.tracker),
             caller: caller.clone(),
         }
     }

@@ -278,6 +278,52 @@ mod tests {
     }
 
     #[test]
+    fn the_headroom_holds_every_level_s_trace() {
+        // What the broker adds as a message expires through all 28 levels
+        // (RabbitMQ's x-death entry: count, reason, queue, time, exchange,
+        // routing-keys), with Warren's headers for the longest names.
+        let key = routing_key(MAX_DELAY_SECS);
+        let deaths: Vec<Value> = (0..LEVELS)
+            .map(|n| {
+                serde_json::json!({
+                    "count": 1, "reason": "expired", "queue": topology::level(n),
+                    "time": NOW / 1000, "exchange": topology::level(n),
+                    "routing-keys": [key],
+                })
+            })
+            .collect();
+        let mut publish = Publish {
+            exchange: "e".repeat(255),
+            routing_key: "k".repeat(255),
+            message: Message {
+                expiration_ms: 1,
+                transient: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let before = crate::amqp::codec::properties_size(&publish.message);
+        let delay = Delay {
+            secs: MAX_DELAY_SECS,
+            due_ms: i64::MAX,
+        };
+        rewrite(&mut publish, delay);
+        let headers = &mut publish.message.headers;
+        headers.insert("x-death".into(), Value::Array(deaths));
+        for which in ["first", "last"] {
+            for (field, value) in [
+                ("queue", "warren.delay.27"),
+                ("reason", "expired"),
+                ("exchange", "warren.delay.27"),
+            ] {
+                headers.insert(format!("x-{which}-death-{field}"), value.into());
+            }
+        }
+        let added = crate::amqp::codec::properties_size(&publish.message) - before;
+        assert!(added <= CHAIN_HEADROOM, "{added} bytes");
+    }
+
+    #[test]
     fn the_rewrite_moves_the_target_and_ttl_into_headers() {
         let mut publish = Publish {
             exchange: "shop".into(),
