@@ -559,3 +559,36 @@ async fn a_publish_stream_mixes_scheduled_and_immediate_messages_all_confirmed()
     broker.delete_queues(&[queue]).await;
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn permission_is_checked_on_the_target_never_on_the_delay() {
+    use sha2::{Digest, Sha256};
+    let token = "scheduler-token-0123456789";
+    let config = common::config_toml(&format!(
+        "[auth]\nenabled = true\n\n[[auth.clients]]\nname = \"scheduler\"\ntoken_sha256 = \"{}\"\npublish = [\"amq.default\"]\n",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    ));
+    let warren = Warren::start_with(config).await;
+    let broker = Broker::connect().await;
+    let queue = unique("sched-auth");
+    broker.queue(&queue).await;
+    let http = reqwest::Client::new();
+    let publish = |exchange: &str| {
+        http.post(warren.url("/v1/publish"))
+            .bearer_auth(token)
+            .json(
+                &json!({"exchange": exchange, "routing_key": queue, "body": "x", "delay_ms": 1000}),
+            )
+            .send()
+    };
+    // Allowed on its target (the default exchange), whatever carries it.
+    let response = publish("").await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    // Not allowed on this target: refused before anything is published.
+    let (status, _) = problem(publish("amq.topic").await.unwrap()).await;
+    assert_eq!(status, 403);
+    let got = arrivals(&broker, &queue, 2, Duration::from_secs(4)).await;
+    assert_eq!(got.len(), 1, "the allowed one, when due");
+    broker.delete_queues(&[queue]).await;
+    warren.stop().await;
+}
