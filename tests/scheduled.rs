@@ -592,3 +592,89 @@ async fn permission_is_checked_on_the_target_never_on_the_delay() {
     broker.delete_queues(&[queue]).await;
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn without_a_broker_the_forwarder_holds_up_neither_start_nor_shutdown() {
+    // Nothing listens on port 1: the broker is unreachable.
+    let config = common::config_with(&[
+        ("WARREN__AMQP__URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ("WARREN__AMQP__OPERATION_TIMEOUT", "500ms"),
+        ("WARREN__AMQP__CONNECT_TIMEOUT", "500ms"),
+    ]);
+    let started = Instant::now();
+    let server = warren::server::Server::start(config).await.unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let asked = Instant::now();
+    let (status, _) = problem(
+        post(
+            &format!("{base}/v1/publish"),
+            &json_publish("q", "x", json!({"delay_ms": 1000})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 503, "a scheduled publish is UNAVAILABLE too");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let stopping = Instant::now();
+    server.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_target_that_refuses_for_now_gets_the_message_once_it_has_room() {
+    // A full queue that rejects publishes: the broker nacks the forward,
+    // which is the broker's "not now", not the target's fault.
+    let config = common::config_with(&[("WARREN__PUBLISH__RETRY_BUDGET", "500ms")]);
+    let warren = Warren::start_with(config).await;
+    let broker = Broker::connect().await;
+    let queue = unique("sched-full");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    broker.queue_with(&queue, args).await;
+    broker.fill_text(&queue, &[b"filler"]).await;
+    let mut message = request("", &queue, b"waited");
+    message.delay_ms = 1_000;
+    let mut client = warren.grpc().await;
+    let id = client
+        .publish(message)
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(broker.count(&queue).await, 1, "still full: only the filler");
+    let got = arrivals(&broker, &queue, 2, Duration::from_secs(20)).await;
+    let bodies: Vec<&str> = got.iter().map(|a| a.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["filler", "waited"],
+        "forwarded once there was room"
+    );
+    assert!(
+        dead_letter(&warren, DEAD_LETTER_QUEUE, &id, Duration::ZERO)
+            .await
+            .is_none(),
+        "not dead-lettered"
+    );
+    broker.delete_queues(&[queue]).await;
+    warren.stop().await;
+}
