@@ -77,8 +77,8 @@ impl Bus {
     /// The first half of shutdown: stop accepting (new calls fail with
     /// UNAVAILABLE), wait up to `grace` for every call in flight to be
     /// answered, then end subscriptions and the forwarder (their unacked
-    /// deliveries go back to the broker) and publisher tasks. Returns whether everything in flight
-    /// was answered in time.
+    /// deliveries go back to the broker) and publisher tasks. Returns
+    /// whether everything in flight was answered in time.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.gate.close();
         info!(
