@@ -6,9 +6,10 @@
 //! - [`config`]: typed configuration, layered defaults < file < environment.
 //! - [`bus`]: the core, one folder per concern with each `Bus` method beside
 //!   it: [`bus::publish`], [`bus::subscribe`], [`bus::rpc`], [`bus::retry`],
-//!   [`bus::dead_letters`], [`bus::ordered`] (per-key FIFO groups),
-//!   [`bus::control`] (pausing, announced to every Warren); the exchange
-//!   cache, the breaker, and the one drain gate every call passes.
+//!   [`bus::schedule`] (scheduled publish: the broker-held delay and its
+//!   forwarder), [`bus::dead_letters`], [`bus::ordered`] (per-key FIFO
+//!   groups), [`bus::control`] (pausing, announced to every Warren); the
+//!   exchange cache, the breaker, and the one drain gate every call passes.
 //! - [`amqp`]: the AMQP plumbing: supervised connection pools, the channel
 //!   handle and its ledger, the reopening slot, the timeout wrapper, queue
 //!   arguments, topology, and the codec between Warren's

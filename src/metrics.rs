@@ -31,6 +31,18 @@ pub mod outcome {
     ];
 }
 
+/// Scheduled-publish outcomes (the `outcome` label's whole set).
+pub mod scheduled {
+    /// Confirmed into the delay chain.
+    pub const SCHEDULED: usize = 0;
+    /// Due, and forwarded to its target.
+    pub const FORWARDED: usize = 1;
+    /// Due, and put into `warren.scheduled.dlq` (its target was gone).
+    pub const DEAD_LETTERED: usize = 2;
+    /// The label values, by index.
+    pub const NAMES: [&str; 3] = ["scheduled", "forwarded", "dead_lettered"];
+}
+
 /// Every metric Warren exports. Cheap to clone (handles are reference-counted).
 #[derive(Clone)]
 pub struct Metrics {
@@ -39,6 +51,9 @@ pub struct Metrics {
     pub publish_total: IntCounterVec,
     /// Its counters by outcome index, resolved once (no label lookup per publish).
     publish_outcomes: [IntCounter; 6],
+    /// `warren_scheduled_total{outcome}`.
+    pub scheduled_total: IntCounterVec,
+    scheduled_outcomes: [IntCounter; 3],
     /// `warren_nacks_total{requeue="true"}` and `{requeue="false"}`.
     pub nacks_requeued: IntCounter,
     pub nacks_dropped: IntCounter,
@@ -117,12 +132,20 @@ impl Metrics {
             "outcome",
         );
         let publish_outcomes = outcome::NAMES.map(|o| publish_total.with_label_values(&[o]));
+        let scheduled_total = counter_vec(
+            "warren_scheduled_total",
+            "Scheduled publishes: confirmed into the delay, forwarded when due, dead-lettered when due.",
+            "outcome",
+        );
+        let scheduled_outcomes = scheduled::NAMES.map(|o| scheduled_total.with_label_values(&[o]));
         let nacks_total = counter_vec("warren_nacks_total", "Deliveries nacked.", "requeue");
         let nacks_requeued = nacks_total.with_label_values(&["true"]);
         let nacks_dropped = nacks_total.with_label_values(&["false"]);
         Self {
             publish_total,
             publish_outcomes,
+            scheduled_total,
+            scheduled_outcomes,
             nacks_requeued,
             nacks_dropped,
             publish_duration: histogram(
@@ -186,6 +209,11 @@ impl Metrics {
     /// Counts one publish outcome (an index of [`outcome`]).
     pub fn publish(&self, outcome: usize) {
         self.publish_outcomes[outcome].inc();
+    }
+
+    /// Counts one scheduled-publish outcome (an index of [`scheduled`]).
+    pub fn scheduled(&self, outcome: usize) {
+        self.scheduled_outcomes[outcome].inc();
     }
 
     /// The registry in Prometheus text format.

@@ -103,6 +103,16 @@ pub struct Args {
     /// Draw the latency distributions as an SVG chart.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Instead of the scenarios, measure scheduled publish: how late
+    /// messages published with `delay_ms` arrive (see `--delays`).
+    #[arg(long)]
+    pub delay_precision: bool,
+    /// Delays (whole seconds) that `--delay-precision` measures, all at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,60")]
+    pub delays: Vec<u64>,
+    /// Messages per delay for `--delay-precision`, spread over one second.
+    #[arg(long, default_value_t = 20)]
+    pub delay_messages: usize,
 }
 
 /// A `--scenario` value.
@@ -165,6 +175,14 @@ impl Args {
         anyhow::ensure!(
             self.grpc_connections > 0,
             "--grpc-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.delays.iter().all(|d| (1..=3600).contains(d)),
+            "--delays must be 1 to 3600 seconds each"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.delay_messages),
+            "--delay-messages must be 1 to 10000"
         );
         anyhow::ensure!(
             self.mgmt_auth.contains(':'),

@@ -7,13 +7,18 @@
 //! and stops it with SIGTERM at the end; `--warren-url-http/--warren-url-grpc
 //! [--warren-pid]` target a running one instead.
 //!
+//! `--delay-precision` measures scheduled publish instead: how late messages
+//! published with a delay arrive ([`delay`]).
+//!
 //! Modules: [`cli`] options · [`warren`] the process under test · [`broker`]
-//! lapin helpers · [`scenarios`] the workloads · [`harness`] bounds, latency
+//! lapin helpers · [`scenarios`] the workloads · [`delay`] scheduled-publish
+//! precision · [`harness`] bounds, latency
 //! histograms, progress · [`procfs`] CPU and memory from `/proc` ·
 //! [`report`] table, targets, JSON · [`plot`] the optional SVG chart.
 
 mod broker;
 mod cli;
+mod delay;
 mod harness;
 mod plot;
 mod procfs;
@@ -123,6 +128,28 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         warren.http,
         warren.grpc
     );
+    if args.delay_precision {
+        let measured = tokio::select! {
+            rows = delay_session(&args, &warren, &amqp) => rows,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        info.exit = warren.stop().await;
+        let rows = measured?;
+        println!("{}", delay::table(&rows));
+        if let Some(exit) = &info.exit {
+            println!("Warren {exit}");
+        }
+        if let Some(path) = &args.json {
+            let report = serde_json::json!({
+                "machine": machine(),
+                "command": std::env::args().collect::<Vec<_>>(),
+                "delay_precision": rows,
+            });
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(rows.iter().all(|r| r.error.is_none()));
+    }
     let mut notes = Vec::new();
     let session = tokio::select! {
         rows = session(&args, &warren, amqp, &mut info, &mut notes) => rows,
@@ -186,6 +213,27 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     Ok(rows.iter().all(|r| r.error.is_none()))
+}
+
+/// `--delay-precision`: every delay of `--delays` at once.
+async fn delay_session(
+    args: &Args,
+    warren: &Warren,
+    amqp: &lapin::Connection,
+) -> anyhow::Result<Vec<delay::Precision>> {
+    let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let grpc = proto::bus_client::BusClient::with_interceptor(
+        channel,
+        scenarios::Bearer::new(args.token.as_deref())?,
+    );
+    eprintln!(
+        "delay precision: {} messages for each of {:?} s",
+        args.delay_messages, args.delays
+    );
+    delay::run(amqp, grpc, &args.delays, args.delay_messages).await
 }
 
 /// Runs every selected scenario, size and queue type; one row per run.

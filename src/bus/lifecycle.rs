@@ -90,9 +90,9 @@ impl Bus {
 
     /// The first half of shutdown: stop accepting (new calls fail with
     /// UNAVAILABLE), wait up to `grace` for every call in flight to be
-    /// answered, then end subscriptions (their unacked deliveries go back to
-    /// the broker) and publisher tasks. Returns whether everything in flight
-    /// was answered in time.
+    /// answered, then end subscriptions and the forwarder (their unacked
+    /// deliveries go back to the broker) and publisher tasks. Returns
+    /// whether everything in flight was answered in time.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.gate.close();
         info!(
@@ -110,11 +110,19 @@ impl Bus {
         }
         self.shutdown.cancel();
         let limit = self.config.amqp.operation_timeout;
+        let forwarder = async {
+            self.background.close();
+            self.background.wait().await;
+        };
         let ended = async {
-            tokio::join!(self.publishers.drained(), self.subscriptions.closed());
+            tokio::join!(
+                self.publishers.drained(),
+                self.subscriptions.closed(),
+                forwarder
+            );
         };
         if tokio::time::timeout(limit, ended).await.is_err() {
-            warn!("publishers or subscriptions did not end in time");
+            warn!("publishers, subscriptions or the forwarder did not end in time");
         }
         drained
     }

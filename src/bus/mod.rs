@@ -12,6 +12,9 @@
 //!   delivery ids and attempts; `Bus::subscribe`, `ack`, `nack`.
 //! - [`rpc`]: request/reply with direct reply-to; `Bus::call`, `reply`.
 //! - [`retry`]: the retry policy and the broker-held delay queues.
+//! - [`schedule`]: scheduled publish: the delay chain's topology, the
+//!   rewrite of a scheduled publish into it, and the forwarder that routes
+//!   due messages to their targets.
 //! - [`dead_letters`]: list, replay and discard dead letters.
 //! - [`ordered`]: ordered groups: per-key FIFO, blocking on failure.
 //! - [`control`]: the control channel every Warren listens on; pausing and
@@ -31,12 +34,14 @@ pub mod ordered;
 pub mod publish;
 pub mod retry;
 pub mod rpc;
+pub mod schedule;
 pub mod subscribe;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::amqp::{Pool, Role};
 use crate::config::Config;
@@ -74,17 +79,21 @@ pub struct Bus {
     breaker: Arc<Breaker>,
     auth: crate::auth::Auth,
     /// Every call passes it; shutdown closes it and waits for the passes.
-    gate: Gate,
+    gate: Arc<Gate>,
     /// Cancelled after the drain: ends subscriptions, publisher tasks and
     /// background work.
     shutdown: CancellationToken,
     topology_declared: AtomicBool,
+    /// The delay chain, declared on the first scheduled publish.
+    scheduled: schedule::Topology,
+    /// The forwarder of due scheduled messages.
+    background: TaskTracker,
 }
 
 impl Bus {
-    /// Starts the connection pools (connecting in the background) and the
-    /// shared publishers. Fails only when `[auth]`'s key material cannot be
-    /// read.
+    /// Starts the connection pools (connecting in the background), the
+    /// shared publishers and the forwarder of scheduled messages. Fails only
+    /// when `[auth]`'s key material cannot be read.
     pub fn start(config: Arc<Config>, metrics: Metrics) -> Result<Arc<Self>, crate::auth::Invalid> {
         let auth = crate::auth::Auth::new(&config.auth, &metrics)?;
         let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
@@ -154,6 +163,23 @@ impl Bus {
                 i64::from(connected)
             },
         );
+        let gate = Arc::new(Gate::default());
+        let forwarder = schedule::Forwarder {
+            pool: consume_pool.clone(),
+            exchanges: exchanges.clone(),
+            publishers: publishers.clone(),
+            caller: auth.internal(),
+            retrier: retrier.clone(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            kind: config.retry.delay_queue_type,
+            shutdown: shutdown.clone(),
+            failures: Default::default(),
+        };
+        let background = TaskTracker::new();
+        background.spawn(forwarder.run());
+        let scheduled =
+            schedule::Topology::new(publish_pool.clone(), config.retry.delay_queue_type);
         Ok(Arc::new(Self {
             ordered,
             auth,
@@ -171,9 +197,11 @@ impl Bus {
             subscriptions,
             control,
             retrier,
-            gate: Gate::default(),
+            gate,
             shutdown,
             topology_declared: AtomicBool::new(false),
+            scheduled,
+            background,
         }))
     }
 

@@ -39,6 +39,7 @@ fn request(spec: &Spec, request_id: String) -> PublishRequest {
         }),
         allow_unroutable: false,
         request_id,
+        ..Default::default()
     }
 }
 

@@ -19,6 +19,17 @@ use crate::message::{check_short, Headers, Message};
 
 pub(crate) use scan::{replay_properties, DeadLetters};
 
+/// Prefix of the headers with which Warren itself dead-letters a message
+/// (one the broker did not: a scheduled message it could not forward when
+/// due); read before the broker's `x-death`, dropped on replay.
+pub const HEADER_PREFIX: &str = "x-warren-dead-letter-";
+/// Why Warren dead-lettered it (`unroutable`, `not-found`, ...).
+pub const REASON_HEADER: &str = "x-warren-dead-letter-reason";
+/// The queue it was taken from, where a replay sends it.
+pub const QUEUE_HEADER: &str = "x-warren-dead-letter-queue";
+/// The error in full.
+pub const DETAIL_HEADER: &str = "x-warren-dead-letter-detail";
+
 /// A dead-lettered message as operators see it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {

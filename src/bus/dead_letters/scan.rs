@@ -38,12 +38,13 @@ fn view(got: &BasicGetMessage) -> DeadLetter {
         .and_then(Value::as_array)
         .and_then(|deaths| deaths.first())
         .and_then(Value::as_object);
-    let reason = first_death
-        .and_then(|d| text(d, "reason"))
+    // Warren's own reason first: the broker's history may predate it.
+    let reason = text(&message.headers, super::REASON_HEADER)
+        .or_else(|| first_death.and_then(|d| text(d, "reason")))
         .or_else(|| text(&message.headers, "x-first-death-reason"))
         .unwrap_or_default();
-    let original_queue = first_death
-        .and_then(|d| text(d, "queue"))
+    let original_queue = text(&message.headers, super::QUEUE_HEADER)
+        .or_else(|| first_death.and_then(|d| text(d, "queue")))
         .or_else(|| text(&message.headers, "x-first-death-queue"))
         .unwrap_or_default();
     DeadLetter {
@@ -56,13 +57,18 @@ fn view(got: &BasicGetMessage) -> DeadLetter {
 }
 
 /// Properties for a replay: the stored ones without the dead-lettering
-/// history and attempt count, with the patch applied.
+/// history and attempt count, with the patch applied. Warren's routing
+/// headers (a retried message's original exchange, a scheduled message's
+/// target) stay whatever the patch says.
 pub(crate) fn replay_properties(stored: &BasicProperties, patch: &Patch) -> BasicProperties {
     let mut headers = stored.headers().clone().unwrap_or_default().inner().clone();
     if let Some(new) = &patch.headers {
         let keep: Vec<_> = headers
             .iter()
-            .filter(|(k, _)| k.as_str().starts_with("x-warren-original-"))
+            .filter(|(k, _)| {
+                k.as_str().starts_with("x-warren-original-")
+                    || k.as_str().starts_with(crate::bus::schedule::HEADER_PREFIX)
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers = codec::to_table(new).inner().clone();
@@ -74,7 +80,8 @@ pub(crate) fn replay_properties(stored: &BasicProperties, patch: &Patch) -> Basi
             || k.starts_with("x-first-death-")
             || k.starts_with("x-last-death-")
             || k == ATTEMPT_HEADER
-            || k == "x-delivery-count")
+            || k == "x-delivery-count"
+            || k.starts_with(super::HEADER_PREFIX))
     });
     let mut properties = stored.clone().with_headers(FieldTable::from(headers));
     if let Some(ct) = patch.content_type.as_deref() {
@@ -311,5 +318,47 @@ mod tests {
             "text/plain"
         );
         assert_eq!(fixed.message_id().as_ref().unwrap().as_str(), "m");
+    }
+
+    #[test]
+    fn warren_reasons_show_and_go_on_replay_targets_stay() {
+        let target = crate::bus::schedule::EXCHANGE_HEADER;
+        let mut headers = FieldTable::default();
+        headers.insert(target.into(), AMQPValue::LongString("shop".into()));
+        headers.insert(
+            super::super::REASON_HEADER.into(),
+            AMQPValue::LongString("unroutable".into()),
+        );
+        headers.insert(
+            super::super::QUEUE_HEADER.into(),
+            AMQPValue::LongString("warren.scheduled".into()),
+        );
+        let stored = BasicProperties::default()
+            .with_headers(headers)
+            .with_message_id("m".into());
+        let mut delivery = lapin::message::Delivery::mock(
+            1,
+            "".into(),
+            "warren.scheduled.dlq".into(),
+            false,
+            b"x".to_vec(),
+        );
+        delivery.properties = stored.clone();
+        let got = BasicGetMessage {
+            delivery,
+            message_count: 0,
+        };
+        let letter = view(&got);
+        assert_eq!(letter.reason, "unroutable");
+        assert_eq!(letter.original_queue, "warren.scheduled");
+        let patch = Patch {
+            headers: Some(serde_json::Map::new()),
+            ..Default::default()
+        };
+        let replayed = replay_properties(&stored, &patch);
+        let h = replayed.headers().as_ref().unwrap().inner();
+        assert!(h.contains_key(target), "the target stays: {h:?}");
+        assert!(!h.contains_key(super::super::REASON_HEADER));
+        assert!(!h.contains_key(super::super::QUEUE_HEADER));
     }
 }

@@ -51,11 +51,20 @@ pub struct Publish {
 }
 
 /// When a publish asks to be routed: `delay_ms` from now, or at
-/// `deliver_at_ms` (Unix epoch ms); both 0 for now.
+/// `deliver_at_ms` (Unix epoch ms); both 0 for now. See
+/// [`crate::bus::schedule`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Schedule {
     pub delay_ms: u64,
     pub deliver_at_ms: i64,
+}
+
+impl Schedule {
+    /// Whether a delay or due time is set. After validation, only for a
+    /// publish that goes into the delay (one due now is cleared).
+    pub fn is_set(&self) -> bool {
+        self.delay_ms != 0 || self.deliver_at_ms != 0
+    }
 }
 
 /// A publish the broker confirmed.
@@ -67,6 +76,33 @@ pub struct Confirmed {
 
 /// A pending publish: resolves once the broker confirmed (or refused) it.
 pub type Pending = oneshot::Receiver<Result<Confirmed, Error>>;
+
+impl PublisherHandle {
+    /// Queues a publish Warren makes itself (a due scheduled message, checked
+    /// when first published), `properties` sent as they are, behind the
+    /// handle's earlier ones. The returned future resolves with the broker's
+    /// verdict; the drain waits for `pass` until then.
+    pub(crate) async fn republish(
+        &self,
+        publish: Publish,
+        properties: lapin::BasicProperties,
+        pass: crate::bus::drain::Pass,
+    ) -> Result<Pending, Error> {
+        let (reply, pending) = oneshot::channel();
+        let command = session::Command {
+            publish,
+            properties: Some(properties),
+            started: Instant::now(),
+            reply,
+            _pass: pass,
+        };
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(pending)
+    }
+}
 
 impl Bus {
     /// Publishes one message and waits for the broker's confirm: on the

@@ -83,12 +83,22 @@ impl Publishers {
         Ok(Handle {
             tx: session::spawn(
                 self.ctx.clone(),
-                (permit, held),
+                Some((permit, held)),
                 self.shutdown.clone(),
                 &self.tracker,
             ),
             caller: caller.clone(),
         })
+    }
+
+    /// A publisher of Warren's own (the forwarder of scheduled messages):
+    /// one fixed channel outside `amqp.max_channels`, which counts the
+    /// channels clients can make Warren open.
+    pub(crate) fn internal(&self, caller: &Caller) -> Handle {
+        Handle {
+            tx: session::spawn(self.ctx.clone(), None, self.shutdown.clone(), &self.tracker),
+            caller: caller.clone(),
+        }
     }
 
     /// The caller's publisher named `name`, created on first use.

@@ -58,10 +58,12 @@ struct InFlight {
 type ConfirmFuture = BoxFuture<'static, (u64, u64, Outcome)>;
 
 /// Starts a publisher task; it runs until every sender of the returned queue
-/// is dropped and its messages are settled.
+/// is dropped and its messages are settled. `permit` (its room under
+/// `amqp.max_channels` and its owner's share) is held until then; Warren's
+/// own publisher has none.
 pub(crate) fn spawn(
     ctx: Context,
-    permit: (OwnedSemaphorePermit, Held),
+    permit: Option<(OwnedSemaphorePermit, Held)>,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> mpsc::Sender<Command> {
@@ -384,7 +386,7 @@ impl Task {
     }
 
     fn finish(&self, command: Command, result: Result<Confirmed, Error>) {
-        self.ctx.record(command.started, &result);
+        self.ctx.record(command.started, &command.publish, &result);
         // The caller may have gone (deadline, disconnect): nothing to tell.
         let _ = command.reply.send(result);
     }

@@ -54,7 +54,7 @@ impl Shared {
         let waiting = self.ctx.breaker.waiting();
         let result = self.attempt(slot, publish, properties, started).await;
         waiting.settled();
-        self.ctx.record(started, &result);
+        self.ctx.record(started, publish, &result);
         result
     }
 

@@ -2,8 +2,8 @@
 //! refusal the broker would answer by closing a channel (or the connection)
 //! is made here instead, for this request alone.
 
-use super::Publish;
-use crate::bus::Bus;
+use super::{Publish, Schedule};
+use crate::bus::{schedule, Bus};
 use crate::error::Error;
 use crate::message::check_short;
 
@@ -18,7 +18,9 @@ const HEADER_FRAME_SLACK: usize = 64;
 
 impl Bus {
     /// Validates `publish`, gives its message an id, and checks that its
-    /// exchange exists. The caller holds a pass.
+    /// exchange exists; a scheduled one is checked further and rewritten
+    /// into the delay (see [`crate::bus::schedule`]). The caller holds a
+    /// pass and was authorized on the publish's own exchange.
     pub(crate) async fn prepare(&self, mut publish: Publish) -> Result<Publish, Error> {
         check_short("exchange", &publish.exchange)?;
         check_short("routing_key", &publish.routing_key)?;
@@ -27,6 +29,10 @@ impl Bus {
             .validate(self.config.publish.max_body_bytes)?;
         // Adds the ordering key's header: before the frame size is checked.
         self.ordered.route(&mut publish)?;
+        let delay = schedule::plan(publish.schedule, schedule::now_ms())?;
+        if delay.is_none() {
+            publish.schedule = Schedule::default(); // routed now
+        }
         let message = &publish.message;
         if message.expiration_ms > MAX_EXPIRATION_MS {
             return Err(Error::InvalidArgument(format!(
@@ -35,8 +41,14 @@ impl Bus {
             )));
         }
         // Properties and headers travel in one frame: over the negotiated
-        // frame size, the broker closes the whole connection.
-        let size = crate::amqp::codec::properties_size(message) + HEADER_FRAME_SLACK;
+        // frame size, the broker closes the whole connection. A scheduled
+        // message gathers headers on its way through the delay.
+        let headroom = if delay.is_some() {
+            schedule::CHAIN_HEADROOM
+        } else {
+            0
+        };
+        let size = crate::amqp::codec::properties_size(message) + HEADER_FRAME_SLACK + headroom;
         let limit = self.publish_pool.frame_max();
         if size > limit {
             return Err(Error::TooLarge {
@@ -58,6 +70,10 @@ impl Bus {
         }
         publish.message.ensure_id();
         self.exchanges.check(&publish.exchange).await?;
+        if let Some(delay) = delay {
+            // The caller was authorized on this exchange, not on the chain.
+            self.schedule(&mut publish, delay).await?;
+        }
         Ok(publish)
     }
 }

@@ -94,11 +94,19 @@ impl Context {
     }
 
     /// Counts a finished publish in the metrics and the breaker.
-    pub(crate) fn record(&self, started: Instant, result: &Result<Confirmed, Error>) {
+    pub(crate) fn record(
+        &self,
+        started: Instant,
+        publish: &Publish,
+        result: &Result<Confirmed, Error>,
+    ) {
         self.breaker.record(result);
         match result {
             Ok(_) => {
                 self.metrics.publish(outcome::CONFIRMED);
+                if publish.schedule.is_set() {
+                    self.metrics.scheduled(crate::metrics::scheduled::SCHEDULED);
+                }
                 self.metrics
                     .publish_duration
                     .observe(started.elapsed().as_secs_f64());
