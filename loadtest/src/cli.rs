@@ -110,6 +110,23 @@ pub struct Args {
     /// Delays (whole seconds) that `--delay-precision` measures, all at once.
     #[arg(long, value_delimiter = ',', default_value = "1,10,60")]
     pub delays: Vec<u64>,
+    /// Instead of the scenarios, measure an ordered group beside a plain
+    /// quorum queue with the same prefetch (Warren started with
+    /// `--warren-config loadtest/ordered.toml`).
+    #[arg(long)]
+    pub ordered_compare: bool,
+    /// The group `--ordered-compare` measures (in Warren's configuration).
+    #[arg(long, default_value = "loadtest.ordered")]
+    pub ordered_group: String,
+    /// Its partitions (as configured).
+    #[arg(long, default_value_t = 8)]
+    pub ordered_partitions: u32,
+    /// Keys the messages are spread over, round-robin.
+    #[arg(long, default_value_t = 1000)]
+    pub ordered_keys: u32,
+    /// Rounds of both targets (alternating which goes first).
+    #[arg(long, default_value_t = 4)]
+    pub ordered_rounds: usize,
     /// Messages per delay for `--delay-precision`, spread over one second.
     #[arg(long, default_value_t = 20)]
     pub delay_messages: usize,

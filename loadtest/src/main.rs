@@ -20,6 +20,7 @@ mod broker;
 mod cli;
 mod delay;
 mod harness;
+mod ordered;
 mod plot;
 mod procfs;
 mod report;
@@ -150,6 +151,36 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         return Ok(rows.iter().all(|r| r.error.is_none()));
     }
+    if args.ordered_compare {
+        let settings = ordered::Settings {
+            group: args.ordered_group.clone(),
+            partitions: args.ordered_partitions,
+            keys: args.ordered_keys,
+            messages: args.messages,
+            size: args.size.first().copied().unwrap_or(256),
+            prefetch: args.prefetch,
+            ack_batch: args.ack_batch,
+            rounds: args.ordered_rounds,
+            pid: warren.pid,
+        };
+        let measured = tokio::select! {
+            rows = ordered_session(&args, &warren, &amqp, &settings) => rows,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        info.exit = warren.stop().await;
+        let rows = measured?;
+        println!("{}", ordered::table(&rows));
+        if let Some(path) = &args.json {
+            let report = serde_json::json!({
+                "machine": machine(),
+                "command": std::env::args().collect::<Vec<_>>(),
+                "ordered_compare": rows,
+            });
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(true);
+    }
     let mut notes = Vec::new();
     let session = tokio::select! {
         rows = session(&args, &warren, amqp, &mut info, &mut notes) => rows,
@@ -234,6 +265,24 @@ async fn delay_session(
         args.delay_messages, args.delays
     );
     delay::run(amqp, grpc, &args.delays, args.delay_messages).await
+}
+
+/// `--ordered-compare`: the group beside a plain quorum queue.
+async fn ordered_session(
+    args: &Args,
+    warren: &Warren,
+    amqp: &lapin::Connection,
+    settings: &ordered::Settings,
+) -> anyhow::Result<Vec<ordered::Drain>> {
+    let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let grpc = proto::bus_client::BusClient::with_interceptor(
+        channel,
+        scenarios::Bearer::new(args.token.as_deref())?,
+    );
+    ordered::run(amqp, grpc, settings).await
 }
 
 /// Runs every selected scenario, size and queue type; one row per run.
