@@ -197,6 +197,7 @@ impl Task {
     }
 
     pub(super) async fn close(&mut self) {
+        let _ = self.flush_acks().await;
         let timeout = self.s.pool.operation_timeout();
         self.consumers = SelectAll::new();
         for part in &mut self.parts {
@@ -281,6 +282,11 @@ impl Task {
                     "the consumer of {} ended",
                     self.s.group.queue(p)
                 ))),
+            };
+            // Acks settled by this event go out together.
+            let result = match result {
+                Ok(()) => self.flush_acks().await,
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 match self.resume(&e).await {

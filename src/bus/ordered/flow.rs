@@ -7,8 +7,6 @@ use tracing::info;
 
 use super::keys::{header, Msg, Source};
 use super::{KEY_HEADER, RELEASED_HEADER, TICK_HEADER};
-use crate::amqp::codec;
-use crate::bus::subscribe::attempt;
 use crate::error::Error;
 
 use super::consumer::Task;
@@ -16,6 +14,7 @@ use super::consumer::Task;
 impl Task {
     /// A delivery from partition `p`.
     pub(super) async fn arrived(&mut self, p: u32, d: AmqpDelivery) -> Result<(), Error> {
+        self.parts[p as usize].tags.held(d.delivery_tag);
         if !self.parts[p as usize].loaded {
             // The first delivery since this subscriber became the partition's
             // active consumer: what the last one handed over, and what is
@@ -33,11 +32,10 @@ impl Task {
         source: fn(u64) -> Source,
     ) -> Result<(), Error> {
         let name = header(&d.properties, KEY_HEADER).unwrap_or_default();
-        let message = codec::message(bytes::Bytes::new(), &d.properties);
         let msg = Msg {
             source: source(d.delivery_tag),
             seq: self.next_seq,
-            attempt: attempt(&message, d.redelivered),
+            attempt: super::keys::attempt(&d.properties, d.redelivered),
             redelivered: d.redelivered,
             body: d.data.into(),
             properties: d.properties,
@@ -258,14 +256,13 @@ impl Task {
         let key = part.keys.get_mut(name).expect("still known");
         match next {
             Some((m, source, released)) => {
-                let message = codec::message(bytes::Bytes::new(), &m.properties);
                 key.current = Some(Msg {
                     source: source(m.delivery_tag),
                     seq: 0,
                     attempt: if released {
                         1
                     } else {
-                        attempt(&message, false)
+                        super::keys::attempt(&m.properties, false)
                     },
                     redelivered: m.redelivered,
                     body: m.data.into(),

@@ -105,6 +105,7 @@ impl Task {
         for source in sources {
             self.ack(p, source).await?;
         }
+        self.flush_acks().await?;
         // A slot's message goes back to its place at its queue's head.
         for tag in back {
             self.nack(p, tag, true).await?;

@@ -99,19 +99,33 @@ impl Task {
         }
     }
 
-    pub(super) async fn ack(&self, p: u32, source: Source) -> Result<(), Error> {
-        let channel = self.parts[p as usize]
-            .channel
-            .as_ref()
-            .ok_or_else(|| Error::unavailable("the partition has no channel"))?;
-        channel
-            .basic_ack(source.tag(), BasicAckOptions::default())
-            .await
-            .map_err(amqp::classify)
+    /// Acks a held message (sent with the next flush of acks).
+    pub(super) async fn ack(&mut self, p: u32, source: Source) -> Result<(), Error> {
+        self.parts[p as usize].tags.ack(source.tag());
+        Ok(())
     }
 
-    pub(super) async fn nack(&self, p: u32, tag: u64, requeue: bool) -> Result<(), Error> {
-        let channel = self.parts[p as usize]
+    /// Sends the acks settled so far: one `multiple` ack where it can.
+    pub(super) async fn flush_acks(&mut self) -> Result<(), Error> {
+        for part in &mut self.parts {
+            let acks = part.tags.flush();
+            let Some(channel) = part.channel.as_ref() else {
+                continue; // gone: the broker took them back
+            };
+            for (tag, multiple) in acks {
+                channel
+                    .basic_ack(tag, BasicAckOptions { multiple })
+                    .await
+                    .map_err(amqp::classify)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn nack(&mut self, p: u32, tag: u64, requeue: bool) -> Result<(), Error> {
+        let part = &mut self.parts[p as usize];
+        part.tags.nacked(tag);
+        let channel = part
             .channel
             .as_ref()
             .ok_or_else(|| Error::unavailable("the partition has no channel"))?;
@@ -126,12 +140,16 @@ impl Task {
     }
 
     /// One message from `queue` on partition `p`'s channel, unacked.
-    pub(super) async fn get(&self, p: u32, queue: &str) -> Result<Option<AmqpDelivery>, Error> {
+    pub(super) async fn get(&mut self, p: u32, queue: &str) -> Result<Option<AmqpDelivery>, Error> {
         let channel = self.parts[p as usize]
             .channel
             .as_ref()
             .ok_or_else(|| Error::unavailable("the partition has no channel"))?;
         let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
-        Ok(self.s.pool.op("basic.get", get).await?.map(|m| m.delivery))
+        let got = self.s.pool.op("basic.get", get).await?.map(|m| m.delivery);
+        if let Some(m) = &got {
+            self.parts[p as usize].tags.held(m.delivery_tag);
+        }
+        Ok(got)
     }
 }

@@ -61,6 +61,10 @@ impl Task {
                         break;
                     }
                 }
+                if result.is_ok() {
+                    // Answered once the acks are on their way to the broker.
+                    result = self.flush_acks().await;
+                }
                 let answer = match &result {
                     Ok(()) => Ok(ids.len() as u32),
                     Err(e) => Err(Error::unavailable(format!("the broker did not take the settlement ({e}); the deliveries are back in the queue"))),
