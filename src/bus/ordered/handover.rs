@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
-use lapin::options::BasicCancelOptions;
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tracing::{info, warn};
@@ -64,14 +64,6 @@ impl Task {
         else {
             return Err(Error::unavailable("the partition has no consumer"));
         };
-        let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        self.s.pool.op("basic.cancel", cancel).await?;
-        // Everything the broker sent before its cancel-ok is buffered now.
-        let mut late = Vec::new();
-        while let Some(Some(next)) = consumer.next().now_or_never() {
-            late.push(next.map_err(crate::amqp::classify)?);
-        }
-        let part = &mut self.parts[p as usize];
         let mut held: Vec<Msg> = Vec::new();
         let mut back = Vec::new();
         for key in part.keys.values_mut() {
@@ -83,6 +75,22 @@ impl Task {
                 }
             }
             held.extend(key.pending.drain(..));
+        }
+        // A slot's message goes back to its place at its queue's head
+        // before the next subscriber can look at the slot.
+        for tag in back {
+            self.nack(p, tag, true).await?;
+        }
+        let qos = channel.basic_qos(self.window(), BasicQosOptions::default());
+        self.s.pool.op("basic.qos", qos).await?; // the nacks are through
+        let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        self.s.pool.op("basic.cancel", cancel).await?;
+        // What the broker sent before its cancel-ok: the consumer's stream
+        // ends once lapin has it all (bounded, in case it does not).
+        let mut late = Vec::new();
+        let limit = tokio::time::Instant::now() + self.s.pool.operation_timeout();
+        while let Ok(Some(next)) = tokio::time::timeout_at(limit, consumer.next()).await {
+            late.push(next.map_err(crate::amqp::classify)?);
         }
         held.sort_by_key(|m| m.seq);
         let mut copies: Vec<(bytes::Bytes, BasicProperties, Source)> = held
@@ -103,13 +111,13 @@ impl Task {
         messages.push(marker("end"));
         self.publish(&handover, messages).await?;
         for source in sources {
+            if let Source::Partition(tag) = source {
+                // Late deliveries were never filed: held now, acked below.
+                self.parts[p as usize].tags.held(tag);
+            }
             self.ack(p, source).await?;
         }
         self.flush_acks().await?;
-        // A slot's message goes back to its place at its queue's head.
-        for tag in back {
-            self.nack(p, tag, true).await?;
-        }
         self.s
             .metrics
             .ordered_events
