@@ -62,6 +62,24 @@ pub struct Control {
     ordered: watch::Sender<Option<(String, u32)>>,
 }
 
+/// Declares the control exchange (durable fanout).
+pub(crate) async fn declare_exchange(
+    pool: &Pool,
+    channel: &crate::amqp::Channel,
+) -> Result<(), Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let declare = channel.exchange_declare(
+        EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    );
+    pool.op("exchange.declare", declare).await
+}
+
 /// The marker queue whose existence means `queue` is paused.
 pub fn marker(queue: &str) -> String {
     let name = format!("warren.paused.{queue}");
@@ -199,17 +217,7 @@ impl Control {
     async fn listen_once(&self) -> Result<(), Error> {
         self.pool.wait_connected().await;
         let channel = self.pool.open_channel().await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        let declare = channel.exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        );
-        self.pool.op("exchange.declare", declare).await?;
+        declare_exchange(&self.pool, &channel).await?;
         let own = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,

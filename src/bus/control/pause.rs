@@ -6,9 +6,8 @@
 //! queue) while its stream stays open, and deliveries the client holds may
 //! still be acked. Resuming deletes the marker and announces it.
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::ExchangeKind;
 use serde::Serialize;
 
 use super::{marker, Command, EXCHANGE};
@@ -74,17 +73,7 @@ impl Bus {
                     channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default());
                 pool.op("queue.delete", delete).await?;
             }
-            let durable = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            let declare = channel.exchange_declare(
-                EXCHANGE.into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            );
-            pool.op("exchange.declare", declare).await
+            super::declare_exchange(pool, &channel).await
         }
         .await;
         channel.close(pool.operation_timeout()).await;

@@ -92,24 +92,7 @@ impl Task {
             .get(name)
             .and_then(|k| k.current.as_ref())
             .ok_or_else(unknown)?;
-        let reply_to = msg
-            .properties
-            .reply_to()
-            .as_ref()
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_default();
-        if reply_to.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "delivery {id} has no reply_to: there is nobody to reply to"
-            )));
-        }
-        let correlation = msg
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str().to_owned())
-            .unwrap_or_default();
-        Ok((reply_to, correlation))
+        crate::bus::subscribe::reply_target(id, &msg.properties)
     }
 
     pub(super) async fn settle_one(

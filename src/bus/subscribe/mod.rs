@@ -22,7 +22,7 @@ pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 pub use registry::Subscription;
 pub(super) use registry::{Parts, Subscriptions};
 pub use settle::Action;
-pub(crate) use settle::{refuse, Settle};
+pub(crate) use settle::{refuse, reply_target, Settle};
 
 /// The longest delay a nack may ask for.
 pub const MAX_NACK_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;

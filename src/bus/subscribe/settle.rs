@@ -303,22 +303,25 @@ fn peek(state: &State, id: DeliveryId) -> Result<(String, String), Error> {
         .get(&id.tag)
         .filter(|_| id.generation == state.generation)
         .ok_or_else(|| Error::NotFound(format!("delivery {id} is unknown or already settled")))?;
-    let reply_to = held
-        .properties
-        .reply_to()
-        .as_ref()
-        .map(|r| r.as_str().to_owned())
-        .unwrap_or_default();
+    reply_target(&id, &held.properties)
+}
+
+/// Where the reply to delivery `id` goes: its reply_to and correlation_id
+/// (FAILED_PRECONDITION without a reply_to).
+pub(crate) fn reply_target(
+    id: &DeliveryId,
+    properties: &BasicProperties,
+) -> Result<(String, String), Error> {
+    let text = |s: &Option<lapin::types::ShortString>| {
+        s.as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let reply_to = text(properties.reply_to());
     if reply_to.is_empty() {
         return Err(Error::FailedPrecondition(format!(
             "delivery {id} has no reply_to: there is nobody to reply to"
         )));
     }
-    let correlation_id = held
-        .properties
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.as_str().to_owned())
-        .unwrap_or_default();
-    Ok((reply_to, correlation_id))
+    Ok((reply_to, text(properties.correlation_id())))
 }
