@@ -698,3 +698,24 @@ async fn partitions_spread_over_subscribers() {
     b.stop().await;
     cleanup(&group, 4, 8).await;
 }
+
+/// A scheduled publish to a group keeps its key: it reaches the key's
+/// partition when due, in order behind the key's earlier messages.
+#[tokio::test]
+async fn a_scheduled_message_joins_its_key_when_due() {
+    let (warren, group) = with_group(2, "").await;
+    let mut client = warren.grpc().await;
+    let mut later = keyed(&group, "k", "later");
+    later.delay_ms = 1500;
+    client.publish(later).await.expect("confirmed");
+    publish_keyed(&mut client, &group, "k", "now").await;
+    let mut stream = subscribe_with(&mut client, on(&group, 4)).await;
+    let now = next(&mut stream).await;
+    assert_eq!((body(&now).as_str(), key_of(&now).as_str()), ("now", "k"));
+    ack(&mut client, &now).await;
+    let due = next_within(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!((body(&due).as_str(), key_of(&due).as_str()), ("later", "k"));
+    ack(&mut client, &due).await;
+    warren.stop().await;
+    cleanup(&group, 2, 16).await;
+}

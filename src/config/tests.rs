@@ -342,3 +342,43 @@ fn the_secure_example_has_every_key_right() {
     assert!(c.http.tls.is_some() && c.grpc.tls.is_some());
     assert!(c.auth.validate().is_ok());
 }
+
+#[test]
+fn ordered_groups_are_checked() {
+    let load = |toml: &str| {
+        let f = file(toml);
+        Config::load_with_env(Some(&f.0), env(&[]))
+    };
+    let c = load("[[ordered]]\nname = \"orders\"\n").unwrap();
+    let g = &c.ordered[0];
+    assert_eq!(
+        (g.partitions, g.block_on_failure, g.max_blocked_keys),
+        (4, true, 32)
+    );
+    assert_eq!(g.slots(), 8);
+    for (toml, key) in [
+        (
+            "[[ordered]]\nname = \"o\"\npartitions = 0\n",
+            "ordered[0].partitions",
+        ),
+        (
+            "[[ordered]]\nname = \"o\"\npartitions = 257\n",
+            "ordered[0].partitions",
+        ),
+        ("[[ordered]]\nname = \"\"\n", "ordered[0].name"),
+        ("[[ordered]]\nname = \"amq.x\"\n", "ordered[0].name"),
+        (
+            "[[ordered]]\nname = \"o\"\nmax_blocked_keys = 0\n",
+            "ordered[0].max_blocked_keys",
+        ),
+        (
+            "[[ordered]]\nname = \"o\"\n[[ordered]]\nname = \"o\"\n",
+            "ordered[1].name",
+        ),
+    ] {
+        let error = message(load(toml));
+        assert!(error.contains(key), "{toml}: {error}");
+    }
+    let error = message(load("[[ordered]]\nname = \"o\"\nparts = 2\n"));
+    assert!(error.contains("parts"), "{error}");
+}
