@@ -73,6 +73,8 @@ pub struct Metrics {
     pub rpc_late_replies_total: IntCounter,
     /// `warren_retries_total`.
     pub retries_total: IntCounter,
+    /// `warren_ack_deadline_expired_total`: deliveries Warren took back.
+    pub deadline_expired_total: IntCounter,
     /// `warren_circuit_breaker_state`: 0 closed, 1 half-open, 2 open.
     pub circuit_breaker_state: IntGauge,
     /// `warren_amqp_connections`.
@@ -163,6 +165,10 @@ impl Metrics {
             rpc_late_replies_total: counter(
                 "warren_rpc_late_replies_total",
                 "RPC replies dropped because their caller had given up.",
+            ),
+            deadline_expired_total: counter(
+                "warren_ack_deadline_expired_total",
+                "Deliveries neither acked nor extended within their ack deadline, requeued by Warren.",
             ),
             retries_total: counter(
                 "warren_retries_total",

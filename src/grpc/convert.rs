@@ -115,6 +115,7 @@ pub fn subscribe(r: proto::SubscribeRequest) -> crate::bus::SubscribeRequest {
         header_match: r.header_match.into_iter().collect(),
         match_all: r.match_all,
         consumer_priority: r.consumer_priority,
+        ack_deadline_ms: r.ack_deadline_ms,
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod codec;
 mod convert;
 mod service;
+mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;

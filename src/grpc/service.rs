@@ -218,6 +218,21 @@ impl proto::bus_server::Bus for Service {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    type StreamingSubscribeStream = BoxStream<proto::Delivery>;
+
+    async fn streaming_subscribe(
+        &self,
+        request: Request<Streaming<proto::StreamingSubscribeRequest>>,
+    ) -> Result<Response<Self::StreamingSubscribeStream>, Status> {
+        let caller = self.caller(&request).await?;
+        let subscription =
+            super::streaming::subscribe(self.bus.clone(), caller, request.into_inner()).await?;
+        let stream = subscription
+            .map(|item| item.map(convert::delivery).map_err(|e| status(&e)))
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn ack(
         &self,
         request: Request<proto::AckRequest>,

@@ -33,6 +33,8 @@ pub struct Params {
     /// With header_match: all must match (`x-match=all`), else any.
     match_all: bool,
     consumer_priority: i32,
+    /// Ack deadline in ms (0: none): Warren requeues a delivery not acked in time.
+    ack_deadline_ms: u32,
     /// The bearer token (read by the transport's credential extraction).
     access_token: Option<String>,
 }
@@ -118,6 +120,7 @@ pub async fn subscribe(
         header_match: header_match(&params.header_match)?,
         match_all: params.match_all,
         consumer_priority: params.consumer_priority,
+        ack_deadline_ms: params.ack_deadline_ms,
     };
     let subscription = state.bus.subscribe(&caller, request).await?;
     let keepalive = state.bus.config().subscribe.keepalive;

@@ -33,7 +33,7 @@ use super::Group;
 use crate::amqp::{self, codec, Channel, Pool};
 use crate::bus::retry::Retrier;
 use crate::bus::subscribe::Delivery;
-use crate::bus::subscribe::{DeliveryId, Settle};
+use crate::bus::subscribe::{Deadlines, DeliveryId, Settle};
 use crate::error::Error;
 use crate::message::RESERVED_PREFIX;
 use crate::metrics::Metrics;
@@ -47,6 +47,7 @@ type Deliveries = std::pin::Pin<Box<dyn futures::Stream<Item = Item> + Send + Sy
 enum Event {
     Settle(Settle),
     Due(Due),
+    Expired(u64),
     Paused(bool),
     Notice(Option<(String, u32)>),
     Room(mpsc::OwnedPermit<Result<Delivery, Error>>),
@@ -83,6 +84,8 @@ pub(crate) struct Subscriber {
     pub cancel: CancellationToken,
     pub paused: watch::Receiver<bool>,
     pub notices: watch::Receiver<Option<(String, u32)>>,
+    /// See [`SubscribeRequest::ack_deadline_ms`](crate::bus::SubscribeRequest).
+    pub ack_deadline_ms: u32,
 }
 
 /// The subscriber and what it holds.
@@ -105,12 +108,15 @@ pub(crate) struct Task {
     pub(super) stalled: Vec<(u32, String)>,
     pub(super) due_tx: mpsc::UnboundedSender<Due>,
     pub(super) due: mpsc::UnboundedReceiver<Due>,
+    /// Ack deadlines of what the client holds, by sequence number.
+    pub(super) deadlines: Deadlines,
 }
 
 impl Subscriber {
     /// Opens every partition; an error when the broker refuses.
     pub async fn start(self) -> Result<Task, Error> {
         let (due_tx, due) = mpsc::unbounded_channel();
+        let self_deadline = self.ack_deadline_ms;
         let slots = self.group.slots();
         let mut task = Task {
             parts: (0..self.group.partitions())
@@ -127,6 +133,7 @@ impl Subscriber {
             stalled: Vec::new(),
             due_tx,
             due,
+            deadlines: Deadlines::new(self_deadline),
         };
         if let Err(e) = task.open().await {
             task.close().await;
@@ -227,6 +234,7 @@ impl Task {
                 _ = nudge.tick() => Event::Nudge,
                 Some(request) = self.s.settle.recv() => Event::Settle(request),
                 Some(due) = self.due.recv() => Event::Due(due),
+                seq = self.deadlines.expired(), if self.deadlines.enabled() => Event::Expired(seq),
                 changed = self.s.paused.changed() => match changed {
                     Ok(()) => Event::Paused(*self.s.paused.borrow_and_update()),
                     Err(_) => break None,
@@ -247,6 +255,10 @@ impl Task {
                     Err(e) => Err(e),
                 },
                 Event::Due(due) => self.due(due),
+                Event::Expired(seq) => {
+                    self.expired(seq);
+                    self.release_ready().await
+                }
                 Event::Paused(paused) => {
                     info!(
                         subscription = self.s.id,
@@ -420,6 +432,7 @@ impl Task {
                 ordering_key: name.clone(),
             };
             self.sent.insert(seq, (p, name));
+            self.deadlines.start(seq);
             self.s.metrics.deliveries_total.inc();
             return Some(delivery);
         }

@@ -53,9 +53,17 @@ impl Task {
                         return Ok(());
                     }
                 };
+                if matches!(action, Action::Extend) {
+                    for id in &ids {
+                        self.deadlines.extend(id.tag);
+                    }
+                    let _ = reply.send(Ok(ids.len() as u32));
+                    return Ok(());
+                }
                 let mut result = Ok(());
                 for (id, (p, name)) in ids.iter().zip(targets) {
                     self.sent.remove(&id.tag);
+                    self.deadlines.remove(id.tag);
                     result = self.settle_one(p, &name, action).await;
                     if result.is_err() {
                         break;
@@ -107,6 +115,7 @@ impl Task {
         };
         key.sent = None;
         match action {
+            Action::Extend => Ok(()), // answered in `handle`
             Action::Ack => {
                 metrics.acks_total.inc();
                 let msg = key.current.take().expect("a sent key has a head");
@@ -149,6 +158,24 @@ impl Task {
                 Ok(())
             }
         }
+    }
+
+    /// A delivery's ack deadline passed: Warren takes it back and hands it
+    /// out again (its key still waits for it), one attempt later.
+    pub(super) fn expired(&mut self, seq: u64) {
+        let Some((p, name)) = self.sent.remove(&seq) else {
+            return;
+        };
+        let Some(key) = self.parts[p as usize].keys.get_mut(&name) else {
+            return;
+        };
+        key.sent = None;
+        if let Some(msg) = key.current.as_mut() {
+            msg.attempt += 1;
+            msg.redelivered = true;
+        }
+        self.s.metrics.deadline_expired_total.inc();
+        self.ready.push_back((p, name));
     }
 
     pub(super) fn due(&mut self, due: Due) -> Result<(), Error> {

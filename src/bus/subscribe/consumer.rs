@@ -56,7 +56,10 @@ pub(crate) struct Subscriber {
 
 impl Subscriber {
     pub async fn run(mut self) {
-        let mut state = State::default();
+        let mut state = State {
+            deadlines: super::Deadlines::new(self.opener.request.ack_deadline_ms),
+            ..Default::default()
+        };
         let mut permit = None;
         let end: Option<Error> = loop {
             // Some(reason) when the channel is lost and must be resumed.
@@ -80,6 +83,14 @@ impl Subscriber {
                     }
                     Err(_) => break None, // the client went away
                 },
+                tag = state.deadlines.expired(), if state.deadlines.enabled() => {
+                    if state.held.remove(&tag).is_some() {
+                        // Past its deadline: back to the queue, alone.
+                        self.ctx.metrics.deadline_expired_total.inc();
+                        state.to_nack.push((tag, true));
+                    }
+                    self.flush(&mut state).await.err().map(|e| e.to_string())
+                }
                 paused = changed(&mut self.paused) => {
                     self.pause_or_resume(paused).await.err().map(|e| e.to_string())
                 }
@@ -241,6 +252,7 @@ impl Subscriber {
             tag: d.delivery_tag,
         };
         if !self.auto_ack {
+            state.deadlines.start(d.delivery_tag);
             state.held.insert(
                 d.delivery_tag,
                 Held {

@@ -35,6 +35,9 @@ pub struct SubscribeRequest {
     pub match_all: bool,
     /// Consumer priority (`x-priority`), 0 for none.
     pub consumer_priority: i32,
+    /// A delivery neither acked nor extended within this many ms is
+    /// requeued by Warren; 0 for no deadline.
+    pub ack_deadline_ms: u32,
 }
 
 /// One delivered message.

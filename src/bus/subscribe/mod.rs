@@ -8,6 +8,7 @@
 //! - `registry`: every subscription, and routing acks to them by id.
 
 mod consumer;
+mod deadline;
 mod delivery;
 mod open;
 mod registry;
@@ -17,6 +18,8 @@ use super::Bus;
 use crate::auth::{Access, Caller, Share};
 use crate::error::Error;
 
+pub(crate) use deadline::Deadlines;
+pub use deadline::MAX_ACK_DEADLINE_MS;
 pub(crate) use delivery::{attempt, DeliveryId};
 pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 pub use registry::Subscription;
@@ -54,6 +57,13 @@ impl Bus {
     pub async fn ack(&self, caller: &Caller, ids: &[String]) -> Result<u32, Error> {
         let _pass = self.enter()?;
         self.subscriptions.settle(caller, ids, Action::Ack).await
+    }
+
+    /// Pushes the ack deadlines of deliveries out by the subscription's
+    /// `ack_deadline_ms` again (all or none of one stream's ids).
+    pub async fn extend(&self, caller: &Caller, ids: &[String]) -> Result<u32, Error> {
+        let _pass = self.enter()?;
+        self.subscriptions.settle(caller, ids, Action::Extend).await
     }
 
     /// Nacks deliveries: `requeue` retries them under the queue's retry

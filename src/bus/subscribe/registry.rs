@@ -32,6 +32,15 @@ pub struct Subscription {
     pub queue: String,
     /// Ends the subscription when the stream is dropped.
     _cancel: tokio_util::sync::DropGuard,
+    /// Cancelled once the subscription ends (for work that lives beside it).
+    ended: CancellationToken,
+}
+
+impl Subscription {
+    /// Cancelled once the subscription has ended.
+    pub fn ended(&self) -> CancellationToken {
+        self.ended.clone()
+    }
 }
 
 impl futures::Stream for Subscription {
@@ -165,6 +174,13 @@ impl Subscriptions {
                 limit: frame_max,
             });
         }
+        if r.ack_deadline_ms > super::MAX_ACK_DEADLINE_MS {
+            return Err(Error::InvalidArgument(format!(
+                "ack_deadline_ms {} is above the limit of {} (the broker's default consumer_timeout, 30 minutes)",
+                r.ack_deadline_ms,
+                super::MAX_ACK_DEADLINE_MS
+            )));
+        }
         match r.prefetch {
             0 => Ok(self.config.default_prefetch),
             n if n > u32::from(self.config.max_prefetch) => Err(Error::InvalidArgument(format!(
@@ -252,6 +268,7 @@ impl Subscriptions {
         Ok(Subscription {
             deliveries,
             queue,
+            ended: cancel.clone(),
             _cancel: cancel.drop_guard(),
         })
     }
@@ -289,6 +306,7 @@ impl Subscriptions {
             cancel: cancel.clone(),
             paused,
             notices: self.control.ordered(),
+            ack_deadline_ms: r.ack_deadline_ms,
         };
         let task = match subscriber.start().await {
             Ok(task) => task,
@@ -305,6 +323,7 @@ impl Subscriptions {
         Ok(Subscription {
             deliveries,
             queue: r.queue,
+            ended: cancel.clone(),
             _cancel: cancel.drop_guard(),
         })
     }

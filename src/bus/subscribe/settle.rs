@@ -29,6 +29,8 @@ pub enum Action {
     DeadLetter,
     /// Try again later: after `delay_ms`, or the policy's backoff when 0.
     Retry { delay_ms: u32 },
+    /// Still working on it: the ack deadline starts again (nothing else).
+    Extend,
 }
 
 /// A request to the subscription task.
@@ -67,6 +69,8 @@ pub(crate) struct State {
     pub to_ack: Vec<u64>,
     /// Nacks to send before the acks (tag, requeue).
     pub to_nack: Vec<(u64, bool)>,
+    /// Held deliveries' ack deadlines (with `ack_deadline_ms`).
+    pub deadlines: super::deadline::Deadlines,
 }
 
 impl State {
@@ -77,6 +81,7 @@ impl State {
         self.retrying.clear();
         self.to_ack.clear();
         self.to_nack.clear();
+        self.deadlines.clear();
     }
 }
 
@@ -149,6 +154,19 @@ impl Subscriber {
         action: Action,
     ) -> Result<u32, Error> {
         let mut tags = BTreeSet::new();
+        if matches!(action, Action::Extend) {
+            for id in &ids {
+                if id.generation != state.generation || !state.held.contains_key(&id.tag) {
+                    return Err(Error::NotFound(format!(
+                        "delivery {id} is unknown or already settled"
+                    )));
+                }
+            }
+            for id in &ids {
+                state.deadlines.extend(id.tag);
+            }
+            return Ok(ids.len() as u32);
+        }
         for id in &ids {
             if id.generation != state.generation || !state.held.contains_key(&id.tag) {
                 return Err(Error::NotFound(format!(
@@ -160,7 +178,9 @@ impl Subscriber {
         let metrics = &self.ctx.metrics;
         for tag in &tags {
             let held = state.held.remove(tag).expect("checked above");
+            state.deadlines.remove(*tag);
             match action {
+                Action::Extend => unreachable!("answered above"),
                 Action::Ack => {
                     metrics.acks_total.inc();
                     state.to_ack.push(*tag);
