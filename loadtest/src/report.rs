@@ -86,7 +86,7 @@ impl Row {
             .and_then(|o| o.latency.clone())
             .filter(|h| !h.is_empty());
         let q = |p: f64| latency.as_ref().map(|h| h.value_at_quantile(p));
-        let is_warren = info.target == Target::Warren;
+        let is_warren = matches!(info.target, Target::Warren | Target::WarrenStreaming);
         let warren_cpu_s = meter.cpu[0].filter(|_| is_warren);
         Self {
             scenario: info.scenario,
@@ -331,6 +331,20 @@ pub fn checks_table(checks: &[Check]) -> String {
 pub fn notes(rows: &[Row]) -> Vec<String> {
     let mut notes = Vec::new();
     for r in rows.iter().filter(|r| r.target == Target::Warren) {
+        if r.scenario == Scenario::Subscribe {
+            if let Some(s) = r
+                .peer(rows, Target::WarrenStreaming)
+                .filter(|s| s.rate > 0.0)
+            {
+                notes.push(format!(
+                    "{}: StreamingSubscribe is {:.2}x Subscribe + Ack ({:.0} vs {:.0} msg/s)",
+                    r.label(),
+                    s.rate / r.rate.max(1e-9),
+                    s.rate,
+                    r.rate
+                ));
+            }
+        }
         if r.scenario == Scenario::PublishHttp {
             if let Some(m) = r.peer(rows, Target::MgmtApi).filter(|m| m.rate > 0.0) {
                 notes.push(format!(

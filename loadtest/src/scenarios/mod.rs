@@ -62,6 +62,7 @@ impl Scenario {
     pub fn targets(self) -> &'static [Target] {
         match self {
             Scenario::PublishHttp => &[Target::Direct, Target::Warren, Target::MgmtApi],
+            Scenario::Subscribe => &[Target::Direct, Target::Warren, Target::WarrenStreaming],
             _ => &[Target::Direct, Target::Warren],
         }
     }
@@ -77,6 +78,8 @@ pub enum Target {
     Direct,
     /// RabbitMQ's management HTTP API (publish-http only).
     MgmtApi,
+    /// Warren's StreamingSubscribe, acks in the stream (subscribe only).
+    WarrenStreaming,
 }
 
 impl Target {
@@ -86,6 +89,7 @@ impl Target {
             Target::Warren => "warren",
             Target::Direct => "direct",
             Target::MgmtApi => "mgmt-api",
+            Target::WarrenStreaming => "warren-streaming",
         }
     }
 }
@@ -205,6 +209,9 @@ pub async fn run(
         (Scenario::PublishHttp, Target::MgmtApi) => http::mgmt(ctx, spec, meter, progress).await,
         (Scenario::Subscribe, Target::Warren) => {
             subscribe::warren(ctx, spec, meter, progress).await
+        }
+        (Scenario::Subscribe, Target::WarrenStreaming) => {
+            subscribe::warren_streaming(ctx, spec, meter, progress).await
         }
         (Scenario::Subscribe, Target::Direct) => {
             subscribe::direct(ctx, spec, meter, progress).await

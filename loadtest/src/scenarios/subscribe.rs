@@ -25,7 +25,7 @@ use super::{Ctx, Spec};
 use crate::broker;
 use crate::harness::{Outcome, Progress, DRAIN};
 use crate::procfs::Meter;
-use crate::proto::{AckRequest, SubscribeRequest};
+use crate::proto::{AckRequest, StreamingSubscribeRequest, SubscribeRequest};
 
 /// Fills the queue with the warm-up plus the measured messages.
 async fn fill(ctx: &Ctx, spec: &Spec) -> anyhow::Result<u64> {
@@ -162,6 +162,70 @@ pub async fn warren(
         .map_err(|_| anyhow::anyhow!("the acks did not finish within {DRAIN:?}"))??;
     let mut out = drain.finish()?;
     out.merge(acks);
+    drop(stream);
+    Ok(out)
+}
+
+/// gRPC `StreamingSubscribe`: every `--ack-batch` deliveries, their ids go
+/// back in the same stream.
+pub async fn warren_streaming(
+    ctx: &Ctx,
+    spec: &Spec,
+    meter: &mut Meter,
+    progress: &Progress,
+) -> anyhow::Result<Outcome> {
+    let total = fill(ctx, spec).await?;
+    let mut client = ctx.grpc(0);
+    let (tx, rx) = mpsc::channel::<StreamingSubscribeRequest>(1024);
+    tx.send(StreamingSubscribeRequest {
+        subscription: Some(SubscribeRequest {
+            queue: spec.queue.clone(),
+            prefetch: u32::from(ctx.args.prefetch),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let mut stream = client
+        .streaming_subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let batch_size = ctx.args.ack_batch;
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut drain = Drain::new(ctx, total, meter, progress);
+    while drain.more() {
+        let delivery = match tokio::time::timeout_at(drain.deadline(), stream.message()).await {
+            Err(_) => break,
+            Ok(Err(status)) => anyhow::bail!("the subscription failed: {status}"),
+            Ok(Ok(None)) => anyhow::bail!(
+                "Warren ended the subscription after {} deliveries",
+                drain.received
+            ),
+            Ok(Ok(Some(delivery))) => delivery,
+        };
+        drain.delivered();
+        batch.push(delivery.delivery_id);
+        if batch.len() >= batch_size {
+            let ack_ids = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            tx.send(StreamingSubscribeRequest {
+                ack_ids,
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    if !batch.is_empty() {
+        tx.send(StreamingSubscribeRequest {
+            ack_ids: batch,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let out = drain.finish()?;
+    // Give the last acks a moment to reach Warren before the stream closes
+    // (unacked deliveries would go back to the queue, which is deleted).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(tx);
     drop(stream);
     Ok(out)
 }
