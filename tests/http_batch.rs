@@ -22,7 +22,7 @@ async fn post(
 }
 
 /// The results of a 200 answer.
-async fn results(response: reqwest::Response) -> Vec<Value> {
+async fn answered(response: reqwest::Response) -> Vec<Value> {
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.expect("JSON answer");
     answer["results"].as_array().expect("results").clone()
@@ -59,7 +59,7 @@ async fn a_json_array_arrives_in_order() {
     let queue = unique("batch-array");
     broker.queue(&queue).await;
     let body = serde_json::to_vec(&entries(&queue, 100)).unwrap();
-    let results = results(post(&warren, "application/json", body).await).await;
+    let results = answered(post(&warren, "application/json", body).await).await;
     assert_eq!(results.len(), 100);
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r["code"], 0, "{r}");
@@ -69,7 +69,7 @@ async fn a_json_array_arrives_in_order() {
     }
     assert_eq!(broker.bodies(&queue, 100).await, expected(100));
     // An empty array is an empty answer.
-    let results = results(post(&warren, "application/json", " [ ] ").await).await;
+    let results = answered(post(&warren, "application/json", " [ ] ").await).await;
     assert!(results.is_empty());
     warren.stop().await;
 }
@@ -85,7 +85,7 @@ async fn ndjson_arrives_in_order() {
         body.push_str(&entry.to_string());
         body.push('\n');
     }
-    let results = results(post(&warren, "application/x-ndjson", body).await).await;
+    let results = answered(post(&warren, "application/x-ndjson", body).await).await;
     assert_eq!(codes(&results), vec![0; 100]);
     assert_eq!(results[99]["request_id"], "r99");
     assert_eq!(broker.bodies(&queue, 100).await, expected(100));
@@ -112,7 +112,7 @@ async fn each_entry_fails_alone_and_the_others_arrive() {
         {"routing_key": queue, "priority": "high", "request_id": "bad-type"},
         ok(5),
     ]);
-    let results = results(post(&warren, "application/json", batch.to_string()).await).await;
+    let results = answered(post(&warren, "application/json", batch.to_string()).await).await;
     // 5 NOT_FOUND, 9 FAILED_PRECONDITION (unroutable), 3 INVALID_ARGUMENT.
     assert_eq!(
         codes(&results),
@@ -131,7 +131,7 @@ async fn each_entry_fails_alone_and_the_others_arrive() {
 
     // NDJSON: a line that is not JSON fails alone.
     let body = format!("{}\n{{\"routing_key\": \n{}\n", ok(6), ok(7));
-    let results = results(post(&warren, "application/x-ndjson", body).await).await;
+    let results = answered(post(&warren, "application/x-ndjson", body).await).await;
     assert_eq!(codes(&results), [0, 3, 0], "{results:?}");
     assert_eq!(broker.bodies(&queue, 3).await, ["m6", "m7"]);
     warren.stop().await;
@@ -189,7 +189,7 @@ async fn over_the_limits() {
         )
         .into_bytes(),
     );
-    let results = results(post(&warren, "application/json", chunked(chunks)).await).await;
+    let results = answered(post(&warren, "application/json", chunked(chunks)).await).await;
     assert_eq!(codes(&results), [0, 0, 0, 0, 8], "{results:?}");
     assert!(results[4]["error"].as_str().unwrap().contains("2000"));
     assert_eq!(broker.bodies(&queue, 5).await, expected(4));
@@ -197,7 +197,7 @@ async fn over_the_limits() {
     // Past max_batch_messages: five go, the sixth entry says why the rest
     // was not read.
     let body = serde_json::to_vec(&entries(&queue, 8)).unwrap();
-    let results = results(post(&warren, "application/json", body).await).await;
+    let results = answered(post(&warren, "application/json", body).await).await;
     assert_eq!(codes(&results), [0, 0, 0, 0, 0, 8], "{results:?}");
     assert!(results[5]["error"]
         .as_str()
@@ -246,12 +246,12 @@ async fn a_truncated_or_malformed_array() {
     let body = format!(
         r#"[{{"routing_key": "{queue}", "body": "m0"}}, {{"routing_key": "{queue}", "body": "m1"}}, {{"routing_key": "{queue}", "bo"#
     );
-    let results = results(post(&warren, "application/json", body).await).await;
+    let results = answered(post(&warren, "application/json", body).await).await;
     assert_eq!(codes(&results), [0, 0, 3], "{results:?}");
     assert!(results[2]["error"].as_str().unwrap().contains("truncated"));
     // Data after the array, once something was published: the same.
     let body = format!(r#"[{{"routing_key": "{queue}", "body": "m2"}}] {{}}"#);
-    let results = results(post(&warren, "application/json", body).await).await;
+    let results = answered(post(&warren, "application/json", body).await).await;
     assert_eq!(codes(&results), [0, 3], "{results:?}");
     assert_eq!(broker.bodies(&queue, 4).await, ["m0", "m1", "m2"]);
     warren.stop().await;
@@ -287,7 +287,7 @@ async fn a_large_batch_is_not_held_whole() {
     chunks.push(chunk);
     let total: usize = chunks.iter().map(Vec::len).sum();
     assert!(total > 300_000, "{total}");
-    let results = results(post(&warren, "application/json", chunked(chunks)).await).await;
+    let results = answered(post(&warren, "application/json", chunked(chunks)).await).await;
     assert_eq!(results.len(), n);
     assert!(results.iter().all(|r| r["code"] == 0));
     assert_eq!(broker.count(&queue).await, n as u32);
