@@ -295,3 +295,67 @@ async fn a_large_batch_is_not_held_whole() {
     assert_eq!(got, expected(n));
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn permissions_and_rate_apply_per_message() {
+    use sha2::{Digest, Sha256};
+    let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let (token, slow) = ("batch-token-0123456789", "batch-slow-token-0123456789");
+    let warren = Warren::start_with(common::config_toml(&format!(
+        r#"
+[auth]
+enabled = true
+
+[[auth.clients]]
+name = "batcher"
+token_sha256 = "{}"
+publish = ["amq.default"]
+
+[[auth.clients]]
+name = "slow"
+token_sha256 = "{}"
+publish = ["amq.default"]
+max_publish_rate = 5
+"#,
+        sha(token),
+        sha(slow)
+    )))
+    .await;
+    let broker = Broker::connect().await;
+    let queue = unique("batch-auth");
+    broker.queue(&queue).await;
+    let send = |token: Option<&str>, body: Vec<u8>| {
+        let mut request = reqwest::Client::new()
+            .post(warren.url("/v1/publish/batch"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let batch = json!([
+        {"routing_key": queue, "body": "m0"},
+        {"exchange": "amq.direct", "routing_key": queue, "body": "x"},
+        {"routing_key": queue, "body": "m1"},
+    ]);
+    let body = serde_json::to_vec(&batch).unwrap();
+    // No credential: 401 for the whole request.
+    let (status, _) = problem(send(None, body.clone()).await.unwrap()).await;
+    assert_eq!(status, 401);
+    // 7 PERMISSION_DENIED for the entry outside the client's exchanges.
+    let results = answered(send(Some(token), body).await.unwrap()).await;
+    assert_eq!(codes(&results), [0, 7, 0], "{results:?}");
+    assert_eq!(broker.bodies(&queue, 3).await, ["m0", "m1"]);
+    // Over the client's rate: the entries past it are RESOURCE_EXHAUSTED.
+    let body = serde_json::to_vec(&entries(&queue, 20)).unwrap();
+    let results = answered(send(Some(slow), body).await.unwrap()).await;
+    let codes = codes(&results);
+    assert_eq!(codes.len(), 20);
+    assert_eq!(codes[0], 0);
+    assert!(codes.iter().all(|&c| c == 0 || c == 8), "{codes:?}");
+    let published = codes.iter().filter(|&&c| c == 0).count();
+    assert!(published < 20, "{codes:?}");
+    assert_eq!(broker.bodies(&queue, 20).await.len(), published);
+    warren.stop().await;
+}

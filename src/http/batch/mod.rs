@@ -193,17 +193,19 @@ impl Batch<'_> {
             };
             let end = frame.is_none();
             let (result, over) = match frame {
-                None => (splitter.finish(&mut items), false),
+                None => (splitter.finish(&mut items), None),
                 Some(frame) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     // Only the bytes within the limit are read.
                     let within = data.len().min(max_bytes - read);
+                    // (The size of the body as far as it was seen.)
+                    let over = (within < data.len()).then(|| read + data.len());
                     read += within;
                     held.merge(limits.hold(within)?);
                     let result = splitter.push(&data[..within], &mut items);
-                    (result, within < data.len())
+                    (result, over)
                 }
             };
             for item in items.drain(..) {
@@ -225,10 +227,10 @@ impl Batch<'_> {
             if let Err(malformed) = result {
                 return Err(Error::InvalidArgument(malformed.to_string()).into());
             }
-            if over {
+            if let Some(size) = over {
                 return Err(Error::TooLarge {
                     what: "batch body",
-                    size: max_bytes + 1,
+                    size,
                     limit: max_bytes,
                 }
                 .into());
