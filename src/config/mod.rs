@@ -147,6 +147,11 @@ impl Config {
             ("publish.max_in_flight", self.publish.max_in_flight),
             ("publish.stream_window", self.publish.stream_window),
             (
+                "publish.max_batch_messages",
+                self.publish.max_batch_messages,
+            ),
+            ("publish.max_batch_bytes", self.publish.max_batch_bytes),
+            (
                 "subscribe.max_subscriptions",
                 self.subscribe.max_subscriptions,
             ),

@@ -154,8 +154,17 @@ pub struct Publish {
     pub max_body_bytes: usize,
     /// Unconfirmed messages one publisher channel may have in flight.
     pub max_in_flight: usize,
-    /// Requests one `PublishStream` may have awaiting their confirms.
+    /// Requests one `PublishStream` (or one HTTP batch) may have awaiting
+    /// their confirms.
     pub stream_window: usize,
+    /// Most messages in one `POST /v1/publish/batch`; the entries past it
+    /// are not read (the last result says RESOURCE_EXHAUSTED).
+    pub max_batch_messages: usize,
+    /// Largest body of one `POST /v1/publish/batch`, in bytes: 413 when the
+    /// declared `Content-Length` is over it, else the entries past it are not
+    /// read (the last result says RESOURCE_EXHAUSTED). The body is streamed,
+    /// so this is not memory held at once.
+    pub max_batch_bytes: usize,
     /// How long to wait for the broker's confirm of one message.
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
@@ -175,6 +184,8 @@ impl Default for Publish {
             max_body_bytes: 8 * 1024 * 1024,
             max_in_flight: 4096,
             stream_window: 1024,
+            max_batch_messages: 10_000,
+            max_batch_bytes: 64 * 1024 * 1024,
             confirm_timeout: Duration::from_secs(30),
             exchange_cache_ttl: Duration::from_secs(30),
             retry_budget: Duration::from_secs(10),

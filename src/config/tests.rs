@@ -120,6 +120,8 @@ fn counts_must_be_positive() {
         "PUBLISH__MAX_BODY_BYTES",
         "PUBLISH__MAX_IN_FLIGHT",
         "PUBLISH__STREAM_WINDOW",
+        "PUBLISH__MAX_BATCH_MESSAGES",
+        "PUBLISH__MAX_BATCH_BYTES",
         "SUBSCRIBE__MAX_SUBSCRIPTIONS",
         "RPC__MAX_PENDING",
         "RPC__CHANNELS",

@@ -38,10 +38,19 @@ impl Limits {
         }
     }
 
-    fn take(&self, bytes: usize, held: &mut Option<OwnedSemaphorePermit>) -> Result<(), Problem> {
+    /// How long a client may pause sending a body.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// Counts `bytes` held against the budget until the permit is dropped
+    /// (UNAVAILABLE, 503, past it).
+    pub fn hold(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Error> {
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
-        let permit = self.budget.clone().try_acquire_many_owned(n).map_err(|_| {
-            Problem::from(Error::Unavailable {
+        self.budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Error::Unavailable {
                 reason: format!(
                     "Warren holds {} bytes of request bodies already (http.max_buffered_bytes)",
                     self.max_buffered
@@ -49,13 +58,69 @@ impl Limits {
                 retry_after: Some(Duration::from_secs(1)),
                 cause: None,
             })
-        })?;
+    }
+
+    fn take(&self, bytes: usize, held: &mut Option<OwnedSemaphorePermit>) -> Result<(), Problem> {
+        let permit = self.hold(bytes).map_err(Problem::from)?;
         match held {
             Some(h) => h.merge(permit),
             None => *held = Some(permit),
         }
         Ok(())
     }
+
+    /// The answer to a client that paused longer than `http.read_timeout`
+    /// (408, and the connection closed).
+    pub fn stalled(&self) -> Problem {
+        Problem::http(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!(
+                "the request body stalled for {} (http.read_timeout)",
+                humantime::format_duration(self.read_timeout)
+            ),
+        )
+        .closing()
+    }
+}
+
+/// The declared `Content-Length`, if any.
+pub fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// The media type of the request (`Content-Type` without parameters, lower
+/// case), and the header as given.
+pub fn media_type(headers: &HeaderMap) -> (String, &str) {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (essence, content_type)
+}
+
+/// Whether a media type is JSON: `application/json` or `application/*+json`.
+pub fn is_json(essence: &str) -> bool {
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The 415 answer for a body that is not of a type the endpoint takes.
+pub fn unsupported(takes: &str, content_type: &str) -> Problem {
+    Problem::http(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        format!("this endpoint takes Content-Type: {takes}, not {content_type:?}"),
+    )
 }
 
 /// A request body read whole, counted against the budget until dropped.
@@ -88,10 +153,7 @@ pub async fn read(
             limit,
         })
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(headers);
     if let Some(size) = declared.filter(|&size| size > limit) {
         return Err(too_large(size));
     }
@@ -103,17 +165,7 @@ pub async fn read(
     loop {
         let frame = tokio::time::timeout(limits.read_timeout, body.frame())
             .await
-            .map_err(|_| {
-                Problem::http(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request-timeout",
-                    format!(
-                        "the request body stalled for {} (http.read_timeout)",
-                        humantime::format_duration(limits.read_timeout)
-                    ),
-                )
-                .closing()
-            })?;
+            .map_err(|_| limits.stalled())?;
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
             Problem::from(Error::InvalidArgument(format!(
@@ -154,27 +206,9 @@ pub async fn read_json<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<(T, Buffered), Problem> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let is_json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if !is_json {
-        return Err(Problem::http(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            format!(
-                "this endpoint takes Content-Type: application/json, not {:?}",
-                content_type
-            ),
-        ));
+    let (essence, content_type) = media_type(headers);
+    if !is_json(&essence) {
+        return Err(unsupported("application/json", content_type));
     }
     let bytes = read(limits, headers, body, limit).await?;
     Ok((json(&bytes)?, bytes))

@@ -1,9 +1,10 @@
-//! The HTTP transport: JSON and raw publishing, health, readiness, metrics.
+//! The HTTP transport: JSON, raw and batch publishing, health, readiness, metrics.
 //!
 //! Like the gRPC layer it only translates: requests into bus calls, bus
 //! errors into `application/problem+json` responses.
 
 pub mod auth;
+mod batch;
 pub mod body;
 mod dead_letters;
 mod host;
@@ -44,6 +45,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/publish", post(publish::json))
+        .route("/v1/publish/batch", post(batch::publish))
         .route("/v1/publish/{exchange}/{routing_key}", post(publish::raw))
         .route("/v1/subscribe/{queue}", get(subscribe::subscribe))
         .route("/v1/ack", post(subscribe::ack))

@@ -40,6 +40,29 @@ pub struct PublishJson {
     message: JsonMessage,
 }
 
+impl PublishJson {
+    /// The request's id and its publish, with the trace context of the
+    /// request's `headers`.
+    pub(super) fn into_publish(self, headers: &HeaderMap) -> (String, Result<Publish, Error>) {
+        let publish = (|| {
+            let mut message = self.message.into_message()?;
+            body::trace(headers, &mut message)?;
+            Ok(Publish {
+                exchange: self.exchange,
+                routing_key: self.routing_key,
+                message,
+                mandatory: !self.allow_unroutable,
+                ordering_key: self.ordering_key,
+                schedule: Schedule {
+                    delay_ms: self.delay_ms,
+                    deliver_at_ms: self.deliver_at_ms,
+                },
+            })
+        })();
+        (self.request_id, publish)
+    }
+}
+
 /// What a confirmed publish answers.
 #[derive(Debug, Serialize)]
 pub struct Published {
@@ -83,26 +106,8 @@ pub async fn json(
     let max = state.bus.config().publish.max_body_bytes;
     let (request, _buffered): (PublishJson, _) =
         body::read_json(&state.limits, &headers, body, body::json_limit(max)).await?;
-    let request_id = request.request_id;
-    let mut message = request.message.into_message()?;
-    body::trace(&headers, &mut message)?;
-    let message_id = publish(
-        &state,
-        &caller,
-        &headers,
-        Publish {
-            exchange: request.exchange,
-            routing_key: request.routing_key,
-            message,
-            mandatory: !request.allow_unroutable,
-            ordering_key: request.ordering_key,
-            schedule: Schedule {
-                delay_ms: request.delay_ms,
-                deliver_at_ms: request.deliver_at_ms,
-            },
-        },
-    )
-    .await?;
+    let (request_id, publish_request) = request.into_publish(&headers);
+    let message_id = publish(&state, &caller, &headers, publish_request?).await?;
     Ok(Json(Published {
         message_id,
         request_id,
