@@ -6,6 +6,7 @@
 pub mod auth;
 mod batch;
 pub mod body;
+mod cloudevents;
 mod dead_letters;
 mod host;
 mod ordered;

@@ -1,7 +1,7 @@
 //! `POST /v1/publish` (JSON) and `POST /v1/publish/{exchange}/{routing_key}` (raw).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -96,13 +96,72 @@ async fn publish(
         .message_id)
 }
 
-/// `POST /v1/publish`.
+/// Where a CloudEvent goes: `?exchange=&routing_key=` (and
+/// `allow_unroutable`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Target {
+    exchange: String,
+    routing_key: String,
+    allow_unroutable: bool,
+}
+
+/// `POST /v1/publish` with a CloudEvent, binary or structured.
+async fn cloudevent(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    target: Target,
+    body: Body,
+) -> Result<Json<Published>, Problem> {
+    let max = state.bus.config().publish.max_body_bytes;
+    let mut message = if super::cloudevents::is_binary(headers) {
+        let buffered = body::read(&state.limits, headers, body, max).await?;
+        super::cloudevents::from_binary(headers, bytes::Bytes::clone(&buffered))?
+    } else {
+        let buffered = body::read(&state.limits, headers, body, body::json_limit(max)).await?;
+        super::cloudevents::from_structured(&buffered)?
+    };
+    body::trace(headers, &mut message)?;
+    let exchange = if target.exchange == "amq.default" {
+        String::new()
+    } else {
+        target.exchange
+    };
+    let request = Publish {
+        exchange,
+        routing_key: target.routing_key,
+        message,
+        mandatory: !target.allow_unroutable,
+        ordering_key: text(headers, "x-warren-ordering-key")?,
+        ..Default::default()
+    };
+    let message_id = publish(state, caller, headers, request).await?;
+    Ok(Json(Published {
+        message_id,
+        request_id: text(headers, "x-request-id")?,
+    }))
+}
+
+/// `POST /v1/publish`: the JSON envelope, or a CloudEvent.
 pub async fn json(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
+    target: Result<Query<Target>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, Problem> {
+    let Query(target) = target.map_err(|e| Error::InvalidArgument(e.body_text()))?;
+    if super::cloudevents::is_binary(&headers) || super::cloudevents::is_structured(&headers) {
+        return cloudevent(&state, &caller, &headers, target, body).await;
+    }
+    if !target.exchange.is_empty() || !target.routing_key.is_empty() {
+        return Err(Error::InvalidArgument(
+            "exchange and routing_key go in the JSON body (query parameters are for CloudEvents)"
+                .into(),
+        )
+        .into());
+    }
     let max = state.bus.config().publish.max_body_bytes;
     let (request, _buffered): (PublishJson, _) =
         body::read_json(&state.limits, &headers, body, body::json_limit(max)).await?;

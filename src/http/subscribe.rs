@@ -35,6 +35,9 @@ pub struct Params {
     consumer_priority: i32,
     /// Ack deadline in ms (0: none): Warren requeues a delivery not acked in time.
     ack_deadline_ms: u32,
+    /// `cloudevents`: each event's data is the delivery as a structured
+    /// CloudEvent; empty for Warren's delivery JSON.
+    format: String,
     /// The bearer token (read by the transport's credential extraction).
     access_token: Option<String>,
 }
@@ -71,11 +74,15 @@ impl From<Delivery> for JsonDelivery {
     }
 }
 
-fn event(item: Result<Delivery, Error>) -> Event {
+fn event(item: Result<Delivery, Error>, cloudevents: bool) -> Event {
     match item {
         Ok(delivery) => {
             let id = delivery.id.clone();
-            let data = serde_json::to_string(&JsonDelivery::from(delivery)).unwrap_or_default();
+            let data = if cloudevents {
+                super::cloudevents::to_structured(&delivery).to_string()
+            } else {
+                serde_json::to_string(&JsonDelivery::from(delivery)).unwrap_or_default()
+            };
             Event::default().id(id).data(data)
         }
         // The broker ended the subscription: say why, then the stream ends.
@@ -94,6 +101,16 @@ pub async fn subscribe(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let Query(params) = params.map_err(|e| Error::InvalidArgument(e.body_text()))?;
     let temporary = queue == "_" && !params.exchange.is_empty();
+    let cloudevents = match params.format.as_str() {
+        "" => false,
+        "cloudevents" => true,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "format {other:?}: give cloudevents, or nothing for Warren's JSON"
+            ))
+            .into())
+        }
+    };
     let header_match = |pairs: &str| -> Result<BTreeMap<String, String>, Error> {
         pairs
             .split(',')
@@ -130,7 +147,7 @@ pub async fn subscribe(
     // published to the queue is missed.
     let hello = Event::default().comment(format!("subscribed queue={}", subscription.queue));
     let stream = futures::stream::once(async move { Ok(hello) })
-        .chain(subscription.map(|item| Ok(event(item))))
+        .chain(subscription.map(move |item| Ok(event(item, cloudevents))))
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
 }
