@@ -153,10 +153,10 @@ check() { # check DESCRIPTION FUNCTION ARGS...
 
 # A worker in one language receives exactly what a publisher in the other sent:
 # bodies, headers and order; "retry" comes back once, "poison" is dead-lettered.
-pubsub() {
-  local pub=$1 sub=$2 q
-  q=$(queue "$pub-to-$sub")
-  start "worker-$sub" ex "$sub" worker --queue "$q" --count 4 --timeout 30 --retry-delay-ms 100
+pubsub() { # pubsub PUB SUB [--streaming]
+  local pub=$1 sub=$2 mode=${3:-} q
+  q=$(queue "$pub-to-$sub${mode:+-streaming}")
+  start "worker-$sub" ex "$sub" worker --queue "$q" --count 4 --timeout 30 --retry-delay-ms 100 ${mode:+$mode}
   ready "worker-$sub" "subscribed to $q"
   run_ex "publish-$pub" ex "$pub" publish --routing-key "$q" \
     -H trace=t-123 -H attempt-limit=3 -H urgent=true -H 'route={"hops":[1,"b"]}' hello
@@ -279,6 +279,8 @@ errors() {
 
 check "(a) Python publish.py -> Node worker.js: bodies, headers, order, retry, poison" pubsub python node
 check "(b) Node publish.js -> Python worker.py: bodies, headers, order, retry, poison" pubsub node python
+check "(e) Python publish.py -> Node worker.js --streaming (StreamingSubscribe, settled in the stream)" pubsub python node --streaming
+check "(e) Node publish.js -> Python worker.py --streaming (StreamingSubscribe, settled in the stream)" pubsub node python --streaming
 check "(c) Python rpc_caller.py -> Node rpc_responder.js" rpc python node
 check "(c) Node rpc_caller.js -> Python rpc_responder.py" rpc node python
 check "(d) shell publish.sh -> Python worker.py (with and without jq)" shell_publish

@@ -31,6 +31,8 @@ function connect(addr) {
     call: unary('Call'),
     reply: unary('Reply'),
     subscribe: (request, options = {}) => client.Subscribe(request, options),
+    // Bidirectional: write requests (the subscription first), read deliveries.
+    streamingSubscribe: (options = {}) => client.StreamingSubscribe(options),
     close: () => client.close(),
   };
 }
