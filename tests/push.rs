@@ -429,19 +429,20 @@ async fn an_ordered_group_is_pushed_in_key_order() {
         }
     }
     app.wait_for(15, Duration::from_secs(15)).await;
-    let record = app.record.lock().unwrap();
-    assert!(!record.overlapping_keys, "two messages of one key at once");
-    for k in 0..3 {
-        let key = format!("key-{k}");
-        let bodies: Vec<_> = record
-            .seen
-            .iter()
-            .filter(|s| s.header("ce-subject") == key)
-            .map(|s| String::from_utf8(s.body.to_vec()).unwrap())
-            .collect();
-        assert_eq!(bodies, ["0", "1", "2", "3", "4"], "{key}");
+    {
+        let record = app.record.lock().unwrap();
+        assert!(!record.overlapping_keys, "two messages of one key at once");
+        for k in 0..3 {
+            let key = format!("key-{k}");
+            let bodies: Vec<_> = record
+                .seen
+                .iter()
+                .filter(|s| s.header("ce-subject") == key)
+                .map(|s| String::from_utf8(s.body.to_vec()).unwrap())
+                .collect();
+            assert_eq!(bodies, ["0", "1", "2", "3", "4"], "{key}");
+        }
     }
-    drop(record);
     warren.stop().await;
     let mut queues = vec![format!("{group}.dlq"), format!("{group}.subscribers")];
     queues.push(format!("{group}.0"));
