@@ -20,8 +20,8 @@ pub struct Push {
     /// Most POSTs in flight at once (the subscription's prefetch).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
-    /// Limit on one POST, from connecting to the end of the response head;
-    /// a POST that runs over it is retried.
+    /// Limit on one POST, from connecting until the answer is read; a POST
+    /// that runs over it is retried.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// File holding a bearer token sent as `Authorization: Bearer ...` (its
