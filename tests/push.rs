@@ -453,3 +453,59 @@ async fn an_ordered_group_is_pushed_in_key_order() {
     }
     Broker::connect().await.delete_queues(&queues).await;
 }
+
+#[tokio::test]
+async fn the_token_is_sent_as_a_bearer() {
+    let app = App::start(Arc::new(|_| ok())).await;
+    let queue = unique("push.token");
+    let path = std::env::temp_dir().join(format!("{queue}.token"));
+    std::fs::write(&path, "s3cret-token\n").unwrap();
+    let extra = format!("token_file = \"{}\"", path.display());
+    let warren = warren_pushing(&queue, &app.url, &extra).await;
+    let mut client = warren.grpc().await;
+    publish(&mut client, &queue, "x").await;
+    app.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(app.seen()[0].header("authorization"), "Bearer s3cret-token");
+    warren.stop().await;
+    let _ = std::fs::remove_file(&path);
+    cleanup(&[&queue, &format!("{queue}.dlq")]).await;
+}
+
+#[tokio::test]
+async fn a_queue_that_appears_later_is_pushed_once_it_exists() {
+    let app = App::start(Arc::new(|_| ok())).await;
+    let queue = unique("push.later");
+    let toml = format!("[[push]]\nqueue = \"{queue}\"\nurl = \"{}\"\n", app.url);
+    let warren = Warren::start_with(config_toml(&toml)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let broker = Broker::connect().await;
+    broker.queue(&queue).await;
+    broker.fill(&queue, 3).await;
+    app.wait_for(3, Duration::from_secs(15)).await;
+    until_empty(&broker, &queue).await;
+    warren.stop().await;
+    cleanup(&[&queue]).await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_posts_in_flight_and_settles_them() {
+    let app = App::start(Arc::new(|_| Reply {
+        pause: Duration::from_millis(800),
+        ..ok()
+    }))
+    .await;
+    let queue = unique("push.drain");
+    let warren = warren_pushing(&queue, &app.url, "").await;
+    let mut client = warren.grpc().await;
+    publish(&mut client, &queue, "in-flight").await;
+    app.wait_for(1, Duration::from_secs(10)).await;
+    warren.stop().await;
+    let broker = Broker::connect().await;
+    assert_eq!(
+        broker.count(&queue).await,
+        0,
+        "acked before the channel closed"
+    );
+    assert_eq!(app.seen().len(), 1);
+    cleanup(&[&queue, &format!("{queue}.dlq")]).await;
+}
