@@ -74,14 +74,47 @@ impl App {
 
     fn serve(listener: tokio::net::TcpListener, script: Script) -> Self {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let record: Arc<Mutex<Record>> = Arc::default();
-        let state = record.clone();
-        let handler = move |headers: HeaderMap, body: Bytes| {
-            let (record, script) = (state.clone(), script.clone());
-            async move { answer(record, script, headers, body).await }
-        };
-        let router = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let (record, router) = router(script);
         tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { url, record }
+    }
+
+    /// The app over TLS, with the PKI's server certificate (for 127.0.0.1).
+    async fn start_tls(pki: &tls::Pki, script: Script) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(pki.path("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.path("server-key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        let (record, router) = router(script);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
         Self { url, record }
     }
 
@@ -104,6 +137,18 @@ impl App {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The app's routes and what they record.
+fn router(script: Script) -> (Arc<Mutex<Record>>, axum::Router) {
+    let record: Arc<Mutex<Record>> = Arc::default();
+    let state = record.clone();
+    let handler = move |headers: HeaderMap, body: Bytes| {
+        let (record, script) = (state.clone(), script.clone());
+        async move { answer(record, script, headers, body).await }
+    };
+    let router = axum::Router::new().route("/hook", axum::routing::post(handler));
+    (record, router)
 }
 
 async fn answer(
@@ -507,5 +552,33 @@ async fn shutdown_waits_for_the_posts_in_flight_and_settles_them() {
         "acked before the channel closed"
     );
     assert_eq!(app.seen().len(), 1);
+    cleanup(&[&queue, &format!("{queue}.dlq")]).await;
+}
+
+#[tokio::test]
+async fn an_https_app_is_trusted_by_its_ca_file_only() {
+    let pki = tls::Pki::new();
+    let app = App::start_tls(&pki, Arc::new(|_| ok())).await;
+    let queue = unique("push.tls");
+    let extra = format!("ca_file = \"{}\"", pki.path("ca.pem"));
+    let warren = warren_pushing(&queue, &app.url, &extra).await;
+    let mut client = warren.grpc().await;
+    publish(&mut client, &queue, "secure").await;
+    app.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(app.seen()[0].body, "secure".as_bytes());
+    warren.stop().await;
+    cleanup(&[&queue, &format!("{queue}.dlq")]).await;
+
+    // Another CA: the handshake fails, the message is retried, never POSTed.
+    let queue = unique("push.tls.untrusted");
+    let extra = format!("ca_file = \"{}\"", pki.path("other-ca.pem"));
+    let warren = warren_pushing(&queue, &app.url, &extra).await;
+    let mut client = warren.grpc().await;
+    publish(&mut client, &queue, "refused").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.seen().len(), 1, "nothing reached the app");
+    let metrics = warren.metrics().await;
+    assert!(metric(&metrics, "warren_push_total{outcome=\"retried\"}") >= 1.0);
+    warren.stop().await;
     cleanup(&[&queue, &format!("{queue}.dlq")]).await;
 }
