@@ -9,7 +9,7 @@
 //! subscription that cannot be opened (broker down, queue missing) is tried
 //! again with backoff; one that ends is opened again.
 //!
-//! Each delivery is POSTed once ([`client`]) and settled only once its
+//! Each delivery is POSTed once (by [`Client`]) and settled only once its
 //! outcome is known: 2xx acks; 429, 5xx, a timeout or no connection nacks
 //! with requeue (the queue's retry policy, after `Retry-After` when given);
 //! another answer dead-letters. A crash in between redelivers, never loses.
