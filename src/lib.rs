@@ -8,7 +8,8 @@
 //!   it: [`bus::publish`], [`bus::subscribe`], [`bus::rpc`], [`bus::retry`],
 //!   [`bus::schedule`] (scheduled publish: the broker-held delay and its
 //!   forwarder), [`bus::dead_letters`], [`bus::ordered`] (per-key FIFO
-//!   groups), [`bus::control`] (pausing, announced to every Warren); the
+//!   groups), [`bus::push`] (`[[push]]`: queues POSTed to an app),
+//!   [`bus::control`] (pausing, announced to every Warren); the
 //!   exchange cache, the breaker, and the one drain gate every call passes.
 //! - [`amqp`]: the AMQP plumbing: supervised connection pools, the channel
 //!   handle and its ledger, the reopening slot, the timeout wrapper, queue

@@ -43,6 +43,18 @@ pub mod scheduled {
     pub const NAMES: [&str; 3] = ["scheduled", "forwarded", "dead_lettered"];
 }
 
+/// Push-delivery outcomes (the `outcome` label's whole set).
+pub mod push {
+    /// The app answered 2xx: acked.
+    pub const DELIVERED: usize = 0;
+    /// 429, 5xx, a timeout or no connection: retried under the policy.
+    pub const RETRIED: usize = 1;
+    /// Another 4xx (or a 3xx): dead-lettered.
+    pub const DEAD_LETTERED: usize = 2;
+    /// The label values, by index.
+    pub const NAMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
+}
+
 /// Every metric Warren exports. Cheap to clone (handles are reference-counted).
 #[derive(Clone)]
 pub struct Metrics {
@@ -54,6 +66,9 @@ pub struct Metrics {
     /// `warren_scheduled_total{outcome}`.
     pub scheduled_total: IntCounterVec,
     scheduled_outcomes: [IntCounter; 3],
+    /// `warren_push_total{outcome}`.
+    pub push_total: IntCounterVec,
+    push_outcomes: [IntCounter; 3],
     /// `warren_nacks_total{requeue="true"}` and `{requeue="false"}`.
     pub nacks_requeued: IntCounter,
     pub nacks_dropped: IntCounter,
@@ -140,6 +155,12 @@ impl Metrics {
             "outcome",
         );
         let scheduled_outcomes = scheduled::NAMES.map(|o| scheduled_total.with_label_values(&[o]));
+        let push_total = counter_vec(
+            "warren_push_total",
+            "Push deliveries: delivered (2xx), retried (429, 5xx, timeout, no connection), dead-lettered (other 4xx).",
+            "outcome",
+        );
+        let push_outcomes = push::NAMES.map(|o| push_total.with_label_values(&[o]));
         let nacks_total = counter_vec("warren_nacks_total", "Deliveries nacked.", "requeue");
         let nacks_requeued = nacks_total.with_label_values(&["true"]);
         let nacks_dropped = nacks_total.with_label_values(&["false"]);
@@ -148,6 +169,8 @@ impl Metrics {
             publish_outcomes,
             scheduled_total,
             scheduled_outcomes,
+            push_total,
+            push_outcomes,
             nacks_requeued,
             nacks_dropped,
             publish_duration: histogram(
@@ -220,6 +243,11 @@ impl Metrics {
     /// Counts one scheduled-publish outcome (an index of [`scheduled`]).
     pub fn scheduled(&self, outcome: usize) {
         self.scheduled_outcomes[outcome].inc();
+    }
+
+    /// Counts one push outcome (an index of [`push`]).
+    pub fn push(&self, outcome: usize) {
+        self.push_outcomes[outcome].inc();
     }
 
     /// The registry in Prometheus text format.

@@ -15,6 +15,7 @@
 //! - [`schedule`]: scheduled publish: the delay chain's topology, the
 //!   rewrite of a scheduled publish into it, and the forwarder that routes
 //!   due messages to their targets.
+//! - [`push`]: push delivery: `[[push]]` queues POSTed to an app.
 //! - [`dead_letters`]: list, replay and discard dead letters.
 //! - [`ordered`]: ordered groups: per-key FIFO, blocking on failure.
 //! - [`control`]: the control channel every Warren listens on; pausing and
@@ -32,6 +33,7 @@ mod exchanges;
 mod lifecycle;
 pub mod ordered;
 pub mod publish;
+pub mod push;
 pub mod retry;
 pub mod rpc;
 pub mod schedule;
@@ -86,14 +88,14 @@ pub struct Bus {
     topology_declared: AtomicBool,
     /// The delay chain, declared on the first scheduled publish.
     scheduled: schedule::Topology,
-    /// The forwarder of due scheduled messages.
+    /// The forwarder of due scheduled messages and the pushers.
     background: TaskTracker,
 }
 
 impl Bus {
     /// Starts the connection pools (connecting in the background), the
-    /// shared publishers and the forwarder of scheduled messages. Fails only
-    /// when `[auth]`'s key material cannot be read.
+    /// shared publishers, the forwarder of scheduled messages and the pushers
+    /// (`[[push]]`). Fails only when `[auth]`'s key material cannot be read.
     pub fn start(config: Arc<Config>, metrics: Metrics) -> Result<Arc<Self>, crate::auth::Invalid> {
         let auth = crate::auth::Auth::new(&config.auth, &metrics)?;
         let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
@@ -180,7 +182,7 @@ impl Bus {
         background.spawn(forwarder.run());
         let scheduled =
             schedule::Topology::new(publish_pool.clone(), config.retry.delay_queue_type);
-        Ok(Arc::new(Self {
+        let bus = Arc::new(Self {
             ordered,
             auth,
             rpc,
@@ -202,7 +204,9 @@ impl Bus {
             topology_declared: AtomicBool::new(false),
             scheduled,
             background,
-        }))
+        });
+        bus.start_push();
+        Ok(bus)
     }
 
     /// The caller a credential proves (the anonymous caller, allowed

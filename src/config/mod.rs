@@ -7,6 +7,7 @@
 mod amqp_tls;
 mod auth;
 mod ordered;
+mod push;
 mod retry;
 mod sections;
 mod topology;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 pub use amqp_tls::{AmqpTls, Password, Secrets};
 pub use auth::{Auth, Client, Hashes, Jwt};
 pub use ordered::Ordered;
+pub use push::Push;
 pub use retry::{Retry, RetryPolicy};
 pub use sections::{
     Amqp, Breaker, DeadLetters, GrpcListener, Listener, ListenerTls, Log, LogFormat, Publish, Rpc,
@@ -58,6 +60,8 @@ pub struct Config {
     pub auth: Auth,
     /// `[[ordered]]`: ordered groups.
     pub ordered: Vec<Ordered>,
+    /// `[[push]]`: queues Warren pushes to an app over HTTP.
+    pub push: Vec<Push>,
 }
 
 /// A configuration that cannot be used: names the key and the value.
@@ -127,6 +131,7 @@ impl Config {
         }
         crate::amqp::Connector::new(&self.amqp)?;
         Ordered::validate(&self.ordered)?;
+        Push::validate(&self.push)?;
         for (key, value) in [
             ("http.listen", &self.http.listen),
             ("grpc.listen", &self.grpc.listen),
