@@ -115,6 +115,11 @@ pub struct Args {
     /// `--warren-config loadtest/ordered.toml`).
     #[arg(long)]
     pub ordered_compare: bool,
+    /// Instead of the scenarios, measure push delivery beside Subscribe +
+    /// Ack (Warren started with `--warren-config loadtest/push.toml`; rounds
+    /// from `--ordered-rounds`).
+    #[arg(long)]
+    pub push_compare: bool,
     /// The group `--ordered-compare` measures (in Warren's configuration).
     #[arg(long, default_value = "loadtest.ordered")]
     pub ordered_group: String,

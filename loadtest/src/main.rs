@@ -23,6 +23,7 @@ mod harness;
 mod ordered;
 mod plot;
 mod procfs;
+mod push;
 mod report;
 mod scenarios;
 mod warren;
@@ -150,6 +151,38 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             eprintln!("wrote {}", path.display());
         }
         return Ok(rows.iter().all(|r| r.error.is_none()));
+    }
+    if args.push_compare {
+        let settings = ordered::Settings {
+            group: String::new(),
+            partitions: 1,
+            keys: 1,
+            messages: args.messages,
+            size: args.size.first().copied().unwrap_or(256),
+            prefetch: args.prefetch,
+            ack_batch: args.ack_batch,
+            rounds: args.ordered_rounds,
+            pid: warren.pid,
+        };
+        let measured = async {
+            let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            let grpc = proto::bus_client::BusClient::with_interceptor(
+                channel,
+                scenarios::Bearer::new(args.token.as_deref())?,
+            );
+            push::run(&amqp, grpc, &warren.http, &settings).await
+        };
+        let measured = tokio::select! {
+            rows = measured => rows,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        info.exit = warren.stop().await;
+        let rows = measured?;
+        println!("{}", push::table(&rows));
+        return Ok(true);
     }
     if args.ordered_compare {
         let settings = ordered::Settings {

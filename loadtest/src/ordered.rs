@@ -90,7 +90,7 @@ async fn fill_group(
 
 /// Drains `queue` through Warren; seconds from the first delivery to the
 /// last ack, and Warren's CPU ticks meanwhile.
-async fn drain(grpc: &Grpc, queue: &str, s: &Settings) -> anyhow::Result<(f64, Option<u64>)> {
+pub async fn drain(grpc: &Grpc, queue: &str, s: &Settings) -> anyhow::Result<(f64, Option<u64>)> {
     let mut client = grpc.clone();
     let request = SubscribeRequest {
         queue: queue.to_owned(),
