@@ -25,10 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::drain::Pass;
 use super::subscribe::{Action, Delivery, SubscribeRequest, Subscription};
 use super::Bus;
 use crate::amqp::reconnect_backoff;
@@ -122,6 +124,13 @@ impl Pusher {
     /// POSTs in flight (their number is bounded by the prefetch).
     async fn consume(&self, mut subscription: Subscription) {
         let mut in_flight = JoinSet::new();
+        let (acks, acker) = mpsc::unbounded_channel();
+        let acker = tokio::spawn(ack_in_batches(
+            self.bus.clone(),
+            self.caller.clone(),
+            self.entry.queue.clone(),
+            acker,
+        ));
         let shutdown = self.bus.shutdown.clone();
         loop {
             tokio::select! {
@@ -133,9 +142,13 @@ impl Pusher {
                         // delivery goes back when the subscription ends.
                         let Ok(pass) = self.bus.gate.enter() else { continue };
                         let push = self.one(delivery);
+                        let acks = acks.clone();
                         in_flight.spawn(async move {
-                            push.await;
-                            drop(pass);
+                            match push.await {
+                                // Acks go out in batches; the pass goes with it.
+                                Some(id) => drop(acks.send((id, pass))),
+                                None => drop(pass),
+                            }
                         });
                     }
                     Some(Err(e)) => {
@@ -151,10 +164,17 @@ impl Pusher {
             _ = async { while in_flight.join_next().await.is_some() {} } => {}
             _ = shutdown.cancelled() => in_flight.abort_all(),
         }
+        drop(acks);
+        let _ = acker.await;
     }
 
     /// POSTs one delivery and settles it by the outcome.
-    fn one(&self, delivery: Delivery) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// The id to ack when the app took it; None when it was settled
+    /// otherwise (retried or dead-lettered) here.
+    fn one(
+        &self,
+        delivery: Delivery,
+    ) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
         let bus = self.bus.clone();
         let client = self.client.clone();
         let caller = self.caller.clone();
@@ -179,6 +199,9 @@ impl Pusher {
                 }
             };
             bus.metrics.push(index);
+            if matches!(action, Action::Ack) {
+                return Some(delivery.id);
+            }
             // The gate may be closed by now: settle past it (this task holds
             // a pass, so the drain waits for it).
             let ids = [delivery.id.clone()];
@@ -187,7 +210,41 @@ impl Pusher {
                 // broker delivers the message again.
                 debug!(%queue, error = %e, "a pushed delivery could not be settled");
             }
+            None
         }
+    }
+}
+
+/// Acks what the app took, as many at once as have come in (up to 256):
+/// one settlement, one `multiple` ack where it can, instead of one each.
+/// The passes are let go once their acks were sent.
+async fn ack_in_batches(
+    bus: Arc<Bus>,
+    caller: Caller,
+    queue: String,
+    mut acks: mpsc::UnboundedReceiver<(String, Pass)>,
+) {
+    while let Some(first) = acks.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match acks.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+        let settled = bus.subscriptions.settle(&caller, &ids, Action::Ack).await;
+        if let Err(e) = settled {
+            // All or none of a batch: one by one, so the rest still count.
+            debug!(%queue, error = %e, "a batch of pushed deliveries could not be acked together");
+            for id in &ids {
+                let _ = bus
+                    .subscriptions
+                    .settle(&caller, std::slice::from_ref(id), Action::Ack)
+                    .await;
+            }
+        }
+        drop(batch);
     }
 }
 
