@@ -165,14 +165,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             pid: warren.pid,
         };
         let measured = async {
-            let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
-                .tcp_nodelay(true)
-                .connect()
-                .await?;
-            let grpc = proto::bus_client::BusClient::with_interceptor(
-                channel,
-                scenarios::Bearer::new(args.token.as_deref())?,
-            );
+            let grpc = grpc_client(&args, &warren).await?;
             push::run(&amqp, grpc, &warren.http, &settings).await
         };
         let measured = tokio::select! {
@@ -181,7 +174,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         };
         info.exit = warren.stop().await;
         let rows = measured?;
-        println!("{}", push::table(&rows));
+        println!("{}", ordered::table(&rows, "subscribe", "push"));
         return Ok(true);
     }
     if args.ordered_compare {
@@ -202,7 +195,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         };
         info.exit = warren.stop().await;
         let rows = measured?;
-        println!("{}", ordered::table(&rows));
+        println!("{}", ordered::table(&rows, "plain", "ordered"));
         if let Some(path) = &args.json {
             let report = serde_json::json!({
                 "machine": machine(),
@@ -279,20 +272,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(rows.iter().all(|r| r.error.is_none()))
 }
 
+/// A gRPC client of `warren` that sends `--token`.
+async fn grpc_client(args: &Args, warren: &Warren) -> anyhow::Result<scenarios::Grpc> {
+    let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(proto::bus_client::BusClient::with_interceptor(
+        channel,
+        scenarios::Bearer::new(args.token.as_deref())?,
+    ))
+}
+
 /// `--delay-precision`: every delay of `--delays` at once.
 async fn delay_session(
     args: &Args,
     warren: &Warren,
     amqp: &lapin::Connection,
 ) -> anyhow::Result<Vec<delay::Precision>> {
-    let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let grpc = proto::bus_client::BusClient::with_interceptor(
-        channel,
-        scenarios::Bearer::new(args.token.as_deref())?,
-    );
+    let grpc = grpc_client(args, warren).await?;
     eprintln!(
         "delay precision: {} messages for each of {:?} s",
         args.delay_messages, args.delays
@@ -307,14 +305,7 @@ async fn ordered_session(
     amqp: &lapin::Connection,
     settings: &ordered::Settings,
 ) -> anyhow::Result<Vec<ordered::Drain>> {
-    let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let grpc = proto::bus_client::BusClient::with_interceptor(
-        channel,
-        scenarios::Bearer::new(args.token.as_deref())?,
-    );
+    let grpc = grpc_client(args, warren).await?;
     ordered::run(amqp, grpc, settings).await
 }
 

@@ -187,8 +187,8 @@ pub async fn run(conn: &lapin::Connection, grpc: Grpc, s: &Settings) -> anyhow::
     Ok(rows)
 }
 
-/// The rows and the median ratio, as a Markdown table.
-pub fn table(rows: &[Drain]) -> String {
+/// The rows and the median ratio of `other` to `base`, as a Markdown table.
+pub fn table(rows: &[Drain], base: &str, other: &str) -> String {
     let median = |target: &str| {
         let mut v: Vec<f64> = rows
             .iter()
@@ -209,10 +209,10 @@ pub fn table(rows: &[Drain]) -> String {
             r.cpu_us.map_or("-".into(), |c| format!("{c:.1}"))
         );
     }
-    let (plain, ordered) = (median("plain"), median("ordered"));
+    let (b, o) = (median(base), median(other));
     out += &format!(
-        "\nmedian: plain {plain:.0} msg/s, ordered {ordered:.0} msg/s, ratio {:.2}\n",
-        ordered / plain.max(1e-9)
+        "\nmedian: {base} {b:.0} msg/s, {other} {o:.0} msg/s, ratio {:.2}\n",
+        o / b.max(1e-9)
     );
     out
 }

@@ -13,24 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::broker;
-use crate::ordered::{drain, Settings};
+use crate::ordered::{drain, Drain, Settings};
 use crate::scenarios::{Grpc, QueueType};
 
 /// The queue Warren pushes (as in `loadtest/push.toml`).
 pub const QUEUE: &str = "loadtest.push";
 /// Where the app listens.
 pub const APP: &str = "127.0.0.1:5699";
-
-#[derive(Debug, Serialize)]
-pub struct Round {
-    pub target: &'static str,
-    pub round: usize,
-    pub per_second: f64,
-    pub cpu_us: Option<f64>,
-}
 
 async fn app(count: Arc<AtomicU64>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(APP).await?;
@@ -55,7 +45,7 @@ pub async fn run(
     grpc: Grpc,
     http: &str,
     s: &Settings,
-) -> anyhow::Result<Vec<Round>> {
+) -> anyhow::Result<Vec<Drain>> {
     let count = Arc::new(AtomicU64::new(0));
     app(count.clone()).await?;
     let body = bytes::Bytes::from(vec![b'x'; s.size]);
@@ -110,9 +100,11 @@ pub async fn run(
                     cpu_us(s.pid, before, s.messages),
                 )
             };
-            let row = Round {
+            let row = Drain {
                 target,
                 round,
+                messages: s.messages,
+                seconds,
                 per_second: s.messages as f64 / seconds.max(1e-9),
                 cpu_us: cpu,
             };
@@ -122,34 +114,4 @@ pub async fn run(
         }
     }
     Ok(rows)
-}
-
-/// The rounds and the median ratio, as a Markdown table.
-pub fn table(rows: &[Round]) -> String {
-    let median = |target: &str| {
-        let mut v: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.target == target)
-            .map(|r| r.per_second)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    let mut out =
-        String::from("| round | target | msg/s | Warren CPU µs/msg |\n|---|---|---|---|\n");
-    for r in rows {
-        out += &format!(
-            "| {} | {} | {:.0} | {} |\n",
-            r.round,
-            r.target,
-            r.per_second,
-            r.cpu_us.map_or("-".into(), |c| format!("{c:.1}"))
-        );
-    }
-    let (sub, push) = (median("subscribe"), median("push"));
-    out += &format!(
-        "\nmedian: Subscribe + Ack {sub:.0} msg/s, push {push:.0} msg/s, ratio {:.2}\n",
-        push / sub.max(1e-9)
-    );
-    out
 }
