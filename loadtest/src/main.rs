@@ -18,6 +18,7 @@
 
 mod broker;
 mod cli;
+mod compare;
 mod delay;
 mod harness;
 mod ordered;
@@ -66,7 +67,7 @@ async fn main() -> ExitCode {
 
 /// What one session measured besides the rows.
 #[derive(Default, Serialize)]
-struct WarrenInfo {
+pub(crate) struct WarrenInfo {
     binary: Option<String>,
     http: String,
     grpc: String,
@@ -152,60 +153,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         return Ok(rows.iter().all(|r| r.error.is_none()));
     }
-    if args.push_compare {
-        let settings = ordered::Settings {
-            group: String::new(),
-            partitions: 1,
-            keys: 1,
-            messages: args.messages,
-            size: args.size.first().copied().unwrap_or(256),
-            prefetch: args.prefetch,
-            ack_batch: args.ack_batch,
-            rounds: args.ordered_rounds,
-            pid: warren.pid,
-        };
-        let measured = async {
-            let grpc = grpc_client(&args, &warren).await?;
-            push::run(&amqp, grpc, &warren.http, &settings).await
-        };
-        let measured = tokio::select! {
-            rows = measured => rows,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        info.exit = warren.stop().await;
-        let rows = measured?;
-        println!("{}", ordered::table(&rows, "subscribe", "push"));
-        return Ok(true);
-    }
-    if args.ordered_compare {
-        let settings = ordered::Settings {
-            group: args.ordered_group.clone(),
-            partitions: args.ordered_partitions,
-            keys: args.ordered_keys,
-            messages: args.messages,
-            size: args.size.first().copied().unwrap_or(256),
-            prefetch: args.prefetch,
-            ack_batch: args.ack_batch,
-            rounds: args.ordered_rounds,
-            pid: warren.pid,
-        };
-        let measured = tokio::select! {
-            rows = ordered_session(&args, &warren, &amqp, &settings) => rows,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        info.exit = warren.stop().await;
-        let rows = measured?;
-        println!("{}", ordered::table(&rows, "plain", "ordered"));
-        if let Some(path) = &args.json {
-            let report = serde_json::json!({
-                "machine": machine(),
-                "command": std::env::args().collect::<Vec<_>>(),
-                "ordered_compare": rows,
-            });
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-            eprintln!("wrote {}", path.display());
-        }
-        return Ok(true);
+    if args.push_compare || args.ordered_compare {
+        return compare::run(&args, &mut warren, &mut info, &amqp).await;
     }
     let mut notes = Vec::new();
     let session = tokio::select! {
@@ -273,7 +222,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 /// A gRPC client of `warren` that sends `--token`.
-async fn grpc_client(args: &Args, warren: &Warren) -> anyhow::Result<scenarios::Grpc> {
+pub(crate) async fn grpc_client(args: &Args, warren: &Warren) -> anyhow::Result<scenarios::Grpc> {
     let channel = tonic::transport::Endpoint::from_shared(warren.grpc.clone())?
         .tcp_nodelay(true)
         .connect()
@@ -296,17 +245,6 @@ async fn delay_session(
         args.delay_messages, args.delays
     );
     delay::run(amqp, grpc, &args.delays, args.delay_messages).await
-}
-
-/// `--ordered-compare`: the group beside a plain quorum queue.
-async fn ordered_session(
-    args: &Args,
-    warren: &Warren,
-    amqp: &lapin::Connection,
-    settings: &ordered::Settings,
-) -> anyhow::Result<Vec<ordered::Drain>> {
-    let grpc = grpc_client(args, warren).await?;
-    ordered::run(amqp, grpc, settings).await
 }
 
 /// Runs every selected scenario, size and queue type; one row per run.
@@ -486,7 +424,7 @@ async fn run_one(
 }
 
 /// What this machine is.
-fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
