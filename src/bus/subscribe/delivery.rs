@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::message::Message;
+use crate::message::{check_short, Message};
 
 /// Header in which Warren counts the deliveries of a message it republished
 /// for a retry (brokers from 3.13 on ignore a client's `x-death`).
@@ -38,6 +38,68 @@ pub struct SubscribeRequest {
     /// A delivery neither acked nor extended within this many ms is
     /// requeued by Warren; 0 for no deadline.
     pub ack_deadline_ms: u32,
+}
+
+impl SubscribeRequest {
+    /// Checks the request before anything reaches the broker; the prefetch
+    /// to use.
+    pub(crate) fn validate(
+        &self,
+        config: &crate::config::Subscribe,
+        frame_max: usize,
+    ) -> Result<u16, Error> {
+        let r = self;
+        check_short("queue", &r.queue)?;
+        check_short("exchange", &r.exchange)?;
+        if r.queue.is_empty() && r.exchange.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name a queue, or an exchange to bind a temporary queue to".into(),
+            ));
+        }
+        if r.exchange.is_empty() && (!r.binding_keys.is_empty() || !r.header_match.is_empty()) {
+            return Err(Error::InvalidArgument(
+                "binding_keys and header_match need an exchange".into(),
+            ));
+        }
+        for key in &r.binding_keys {
+            check_short("a binding key", key)?;
+        }
+        for (name, value) in &r.header_match {
+            check_short("a header_match name", name)?;
+            check_short("a header_match value", value)?;
+        }
+        // The match goes to the broker as a binding's arguments, in one
+        // frame: over the frame size, the broker closes the connection.
+        let size: usize = r
+            .header_match
+            .iter()
+            .map(|(k, v)| 1 + k.len() + 1 + 4 + v.len())
+            .sum::<usize>()
+            + 4
+            + 3 * 256;
+        if size > frame_max {
+            return Err(Error::TooLarge {
+                what: "header_match",
+                size,
+                limit: frame_max,
+            });
+        }
+        if r.ack_deadline_ms > super::MAX_ACK_DEADLINE_MS {
+            return Err(Error::InvalidArgument(format!(
+                "ack_deadline_ms {} is above the limit of {} (the broker's default consumer_timeout, 30 minutes)",
+                r.ack_deadline_ms,
+                super::MAX_ACK_DEADLINE_MS
+            )));
+        }
+        match r.prefetch {
+            0 => Ok(config.default_prefetch),
+            n if n > u32::from(config.max_prefetch) => Err(Error::InvalidArgument(format!(
+                "prefetch {n} is above the limit of {} (subscribe.max_prefetch)",
+                config.max_prefetch
+            ))),
+            n => Ok(n as u16),
+        }
+    }
 }
 
 /// One delivered message.

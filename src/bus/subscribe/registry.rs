@@ -20,7 +20,6 @@ use crate::bus::ordered::Groups;
 use crate::bus::retry::Retrier;
 use crate::config;
 use crate::error::Error;
-use crate::message::check_short;
 use crate::metrics::Metrics;
 
 /// A live subscription: a stream of deliveries. Dropping it ends the
@@ -138,59 +137,6 @@ impl Subscriptions {
         }
     }
 
-    fn validate(&self, r: &SubscribeRequest, frame_max: usize) -> Result<u16, Error> {
-        check_short("queue", &r.queue)?;
-        check_short("exchange", &r.exchange)?;
-        if r.queue.is_empty() && r.exchange.is_empty() {
-            return Err(Error::InvalidArgument(
-                "name a queue, or an exchange to bind a temporary queue to".into(),
-            ));
-        }
-        if r.exchange.is_empty() && (!r.binding_keys.is_empty() || !r.header_match.is_empty()) {
-            return Err(Error::InvalidArgument(
-                "binding_keys and header_match need an exchange".into(),
-            ));
-        }
-        for key in &r.binding_keys {
-            check_short("a binding key", key)?;
-        }
-        for (name, value) in &r.header_match {
-            check_short("a header_match name", name)?;
-            check_short("a header_match value", value)?;
-        }
-        // The match goes to the broker as a binding's arguments, in one
-        // frame: over the frame size, the broker closes the connection.
-        let size: usize = r
-            .header_match
-            .iter()
-            .map(|(k, v)| 1 + k.len() + 1 + 4 + v.len())
-            .sum::<usize>()
-            + 4
-            + 3 * 256;
-        if size > frame_max {
-            return Err(Error::TooLarge {
-                what: "header_match",
-                size,
-                limit: frame_max,
-            });
-        }
-        if r.ack_deadline_ms > super::MAX_ACK_DEADLINE_MS {
-            return Err(Error::InvalidArgument(format!(
-                "ack_deadline_ms {} is above the limit of {} (the broker's default consumer_timeout, 30 minutes)",
-                r.ack_deadline_ms,
-                super::MAX_ACK_DEADLINE_MS
-            )));
-        }
-        match r.prefetch {
-            0 => Ok(self.config.default_prefetch),
-            n if n > u32::from(self.config.max_prefetch) => Err(Error::InvalidArgument(format!(
-                "prefetch {n} is above the limit of {} (subscribe.max_prefetch)",
-                self.config.max_prefetch
-            ))),
-            n => Ok(n as u16),
-        }
-    }
-
     /// Opens a subscription of `caller`'s, holding its share `held`.
     pub async fn open(
         &self,
@@ -199,7 +145,7 @@ impl Subscriptions {
         r: SubscribeRequest,
         frame_max: usize,
     ) -> Result<Subscription, Error> {
-        let prefetch = self.validate(&r, frame_max)?;
+        let prefetch = r.validate(&self.config, frame_max)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Error::LimitReached(format!(
                 "all {} subscriptions are in use (subscribe.max_subscriptions)",
