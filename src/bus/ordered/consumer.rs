@@ -30,12 +30,11 @@ use tracing::{info, warn};
 use super::io::tick;
 use super::keys::Partition;
 use super::Group;
-use crate::amqp::{self, codec, Channel, Pool};
+use crate::amqp::{self, Channel, Pool};
 use crate::bus::retry::Retrier;
 use crate::bus::subscribe::Delivery;
-use crate::bus::subscribe::{Deadlines, DeliveryId, Settle};
+use crate::bus::subscribe::{Deadlines, Settle};
 use crate::error::Error;
-use crate::message::RESERVED_PREFIX;
 use crate::metrics::Metrics;
 
 type Item = (u32, u64, Option<Result<AmqpDelivery, lapin::Error>>);
@@ -387,55 +386,5 @@ impl Task {
 
     pub(super) fn can_send(&self) -> bool {
         !self.ready.is_empty() && self.sent.len() < self.s.prefetch && !self.paused()
-    }
-
-    /// The next ready head as a client delivery.
-    pub(super) fn next_delivery(&mut self) -> Option<Delivery> {
-        while let Some((p, name)) = self.ready.pop_front() {
-            let group = self.s.group.name().to_owned();
-            let part = &mut self.parts[p as usize];
-            if part.stalled.is_some() || part.releasing {
-                // Nothing leaves a stalled partition until it has a slot.
-                self.stalled.push((p, name));
-                continue;
-            }
-            let Some(key) = part.keys.get_mut(&name) else {
-                continue;
-            };
-            let Some(msg) = key.current.as_ref() else {
-                continue;
-            };
-            if key.sent.is_some() || key.retry.is_some() || key.blocked {
-                continue;
-            }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            key.sent = Some(seq);
-            let mut message = codec::message(msg.body.clone(), &msg.properties);
-            message
-                .headers
-                .retain(|k, _| !k.starts_with(RESERVED_PREFIX));
-            let id = DeliveryId {
-                subscription: self.s.key,
-                generation: self.generation,
-                tag: seq,
-            };
-            let delivery = Delivery {
-                id: id.to_string(),
-                reply_to: message.reply_to.clone(),
-                message,
-                exchange: group.clone(),
-                routing_key: p.to_string(),
-                redelivered: msg.redelivered || msg.attempt > 1,
-                attempt: msg.attempt,
-                queue: group,
-                ordering_key: name.clone(),
-            };
-            self.sent.insert(seq, (p, name));
-            self.deadlines.start(seq);
-            self.s.metrics.deliveries_total.inc();
-            return Some(delivery);
-        }
-        None
     }
 }

@@ -1,7 +1,11 @@
-//! How a key's messages flow: filed on arrival, taken aside when busy,
+//! How a key's messages flow: the next head handed to the client, filed on
+//! arrival, taken aside when busy,
 //! the next one made the head when the last is settled, slots read when a
 //! subscriber becomes a partition's active one.
 
+use crate::amqp::codec;
+use crate::bus::subscribe::{Delivery, DeliveryId};
+use crate::message::RESERVED_PREFIX;
 use lapin::message::Delivery as AmqpDelivery;
 use tracing::info;
 
@@ -12,6 +16,56 @@ use crate::error::Error;
 use super::consumer::Task;
 
 impl Task {
+    /// The next ready head as a client delivery.
+    pub(super) fn next_delivery(&mut self) -> Option<Delivery> {
+        while let Some((p, name)) = self.ready.pop_front() {
+            let group = self.s.group.name().to_owned();
+            let part = &mut self.parts[p as usize];
+            if part.stalled.is_some() || part.releasing {
+                // Nothing leaves a stalled partition until it has a slot.
+                self.stalled.push((p, name));
+                continue;
+            }
+            let Some(key) = part.keys.get_mut(&name) else {
+                continue;
+            };
+            let Some(msg) = key.current.as_ref() else {
+                continue;
+            };
+            if key.sent.is_some() || key.retry.is_some() || key.blocked {
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            key.sent = Some(seq);
+            let mut message = codec::message(msg.body.clone(), &msg.properties);
+            message
+                .headers
+                .retain(|k, _| !k.starts_with(RESERVED_PREFIX));
+            let id = DeliveryId {
+                subscription: self.s.key,
+                generation: self.generation,
+                tag: seq,
+            };
+            let delivery = Delivery {
+                id: id.to_string(),
+                reply_to: message.reply_to.clone(),
+                message,
+                exchange: group.clone(),
+                routing_key: p.to_string(),
+                redelivered: msg.redelivered || msg.attempt > 1,
+                attempt: msg.attempt,
+                queue: group,
+                ordering_key: name.clone(),
+            };
+            self.sent.insert(seq, (p, name));
+            self.deadlines.start(seq);
+            self.s.metrics.deliveries_total.inc();
+            return Some(delivery);
+        }
+        None
+    }
+
     /// A delivery from partition `p`.
     pub(super) async fn arrived(&mut self, p: u32, d: AmqpDelivery) -> Result<(), Error> {
         self.parts[p as usize].tags.held(d.delivery_tag);
