@@ -16,18 +16,35 @@ fi
 
 # A package install may start the broker through the service manager (or try to
 # and fail where there is none); either way, ask the broker itself.
-if ! sudo_ rabbitmqctl -q status >/dev/null 2>&1; then
+start_node() {
   echo "broker: starting rabbitmq-server" >&2
   sudo_ rabbitmq-server -detached
-fi
+}
 
 # await_startup needs the node to be up already: give the Erlang VM time to boot.
-for _ in $(seq 1 120); do
-  sudo_ rabbitmqctl -q ping >/dev/null 2>&1 && break
-  sleep 1
-done
-sudo_ rabbitmqctl -q await_startup --timeout 120 >/dev/null
 # The app may have been left stopped by an interrupted fault-injection test.
-sudo_ rabbitmqctl -q start_app >/dev/null 2>&1 || true
-sudo_ rabbitmqctl -q await_startup --timeout 120 >/dev/null
+ready() {
+  for _ in $(seq 1 120); do
+    sudo_ rabbitmqctl -q ping >/dev/null 2>&1 && break
+    sleep 1
+  done
+  sudo_ rabbitmqctl -q start_app >/dev/null 2>&1 || true
+  sudo_ rabbitmqctl -q await_startup --timeout 180 >/dev/null
+}
+
+if ! sudo_ rabbitmqctl -q status >/dev/null 2>&1; then
+  start_node
+fi
+
+# A first boot on a slow machine has been seen to hang (CI once timed out in
+# await_startup): show why, then stop the node and boot it once more.
+if ! ready; then
+  echo "broker: not ready; the node's log ends with:" >&2
+  sudo_ sh -c 'tail -n 40 /var/log/rabbitmq/rabbit@*.log' >&2 || true
+  sudo_ rabbitmqctl -q stop >/dev/null 2>&1 || true
+  sudo_ pkill -f 'beam.*rabbit' >/dev/null 2>&1 || true
+  sleep 3
+  start_node
+  ready
+fi
 echo "broker: RabbitMQ is ready on amqp://127.0.0.1:5672" >&2
