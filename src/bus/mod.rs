@@ -37,6 +37,7 @@ pub mod push;
 pub mod retry;
 pub mod rpc;
 pub mod schedule;
+pub mod spool;
 pub mod subscribe;
 
 use std::sync::atomic::AtomicBool;
