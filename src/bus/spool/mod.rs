@@ -3,7 +3,6 @@
 //!
 //! - `store`: the embedded database (redb): the spooled messages and the
 //!   dead-letter spool.
-
 //! - `commit`: group commit: concurrent appends share one durable commit.
 
 pub mod commit;

@@ -25,7 +25,7 @@ pub const FILE: &str = "spool.redb";
 #[error("spool: {what}: {source}")]
 pub struct StoreError {
     what: &'static str,
-    source: redb::Error,
+    source: Box<redb::Error>,
 }
 
 impl StoreError {
@@ -33,7 +33,9 @@ impl StoreError {
     pub fn stopped() -> Self {
         Self {
             what: "append",
-            source: redb::Error::Io(std::io::Error::other("the spool's writer has stopped")),
+            source: Box::new(redb::Error::Io(std::io::Error::other(
+                "the spool's writer has stopped",
+            ))),
         }
     }
 }
@@ -41,7 +43,7 @@ impl StoreError {
 fn failed<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError {
         what,
-        source: e.into(),
+        source: Box::new(e.into()),
     }
 }
 
@@ -74,7 +76,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError {
             what: "create the spool directory",
-            source: redb::Error::Io(e),
+            source: Box::new(redb::Error::Io(e)),
         })?;
         let db = Database::create(dir.join(FILE)).map_err(failed("open the database"))?;
         let txn = db.begin_write().map_err(failed("begin"))?;
