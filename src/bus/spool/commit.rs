@@ -112,7 +112,13 @@ mod tests {
         assert_eq!(unique.len(), 256);
         // 256 appends queued at once cannot each have had a commit of their own.
         assert!(appender.commits() < 256, "{} commits", appender.commits());
-        drop((appender, store));
+        drop(appender);
+        // The writer thread lets go of the store once it sees the channel closed.
+        let mut store = store;
+        while let Err(shared) = Arc::try_unwrap(store) {
+            store = shared;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let store = Store::open(&dir).unwrap();
         // Each record sits under the id its caller was given.
         let read = store.read(Table::Spooled, 0, 1000).unwrap();
