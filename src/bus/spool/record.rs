@@ -76,9 +76,14 @@ pub fn encode(publish: &Publish, reason: Option<&str>) -> Vec<u8> {
     record
 }
 
+/// The publish a record holds.
+pub fn decode(record: &[u8]) -> Result<Publish, String> {
+    decode_dead(record).map(|(publish, _)| publish)
+}
+
 /// The publish a record holds, and the reason it was refused when it is
 /// from the dead-letter spool.
-pub fn decode(record: &[u8]) -> Result<(Publish, Option<String>), String> {
+pub fn decode_dead(record: &[u8]) -> Result<(Publish, Option<String>), String> {
     let (&version, rest) = record.split_first().ok_or("an empty record")?;
     if version != VERSION {
         return Err(format!("record version {version}, expected {VERSION}"));
@@ -155,7 +160,7 @@ mod tests {
     #[test]
     fn a_publish_comes_back_as_it_went_in() {
         let publish = sample();
-        let (back, reason) = decode(&encode(&publish, None)).unwrap();
+        let (back, reason) = decode_dead(&encode(&publish, None)).unwrap();
         assert_eq!(back.message, publish.message);
         assert_eq!(
             (
@@ -168,7 +173,7 @@ mod tests {
         assert_eq!(back.ordering_key, "customer-7");
         assert_eq!(back.schedule, publish.schedule);
         assert_eq!(reason, None);
-        let (_, reason) = decode(&encode(&publish, Some("no exchange"))).unwrap();
+        let (_, reason) = decode_dead(&encode(&publish, Some("no exchange"))).unwrap();
         assert_eq!(reason.as_deref(), Some("no exchange"));
     }
 

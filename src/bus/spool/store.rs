@@ -40,6 +40,16 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The writer thread could not be started.
+    pub fn thread(e: std::io::Error) -> Self {
+        Self {
+            what: "start the writer thread",
+            source: Box::new(redb::Error::Io(e)),
+        }
+    }
+}
+
 fn failed<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError {
         what,
