@@ -16,6 +16,8 @@
 //!   rewrite of a scheduled publish into it, and the forwarder that routes
 //!   due messages to their targets.
 //! - [`push`]: push delivery: `[[push]]` queues POSTed to an app.
+//! - [`spool`]: the durable local spool (its store, group commit and
+//!   records; not yet wired to publishing).
 //! - [`dead_letters`]: list, replay and discard dead letters.
 //! - [`ordered`]: ordered groups: per-key FIFO, blocking on failure.
 //! - [`control`]: the control channel every Warren listens on; pausing and
