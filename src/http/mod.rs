@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             post(ordered::retry),
         )
         .route("/v1/ordered/{group}/blocked/{key}/skip", post(ordered::skip))
+        .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{queue}", get(queues::show))
         .route("/v1/queues/{queue}/pause", post(queues::pause))
         .route("/v1/queues/{queue}/resume", post(queues::resume))

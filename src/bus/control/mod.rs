@@ -10,8 +10,10 @@
 //!
 //! - this file: the announcements and the listener.
 //! - `pause`: pausing and resuming queues (`Bus::pause`, `resume`, `queue`).
+//! - `queues`: the queues Warren knows, for operators (`Bus::queues`).
 
 mod pause;
+mod queues;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ use crate::amqp::Pool;
 use crate::error::Error;
 
 pub use pause::QueueInfo;
+pub use queues::{Kind as ListedKind, Listed};
 
 /// The exchange every Warren listens on.
 pub const EXCHANGE: &str = "warren.control";

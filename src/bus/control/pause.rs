@@ -103,7 +103,7 @@ impl Bus {
         self.publish_shared(publish).await.map(|_| ())
     }
 
-    async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
+    pub(super) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
         check_short("queue", queue)?;
         if queue.is_empty() {
             return Err(Error::InvalidArgument("name a queue".into()));

@@ -51,6 +51,21 @@ impl Retrier {
         self.config.policy(queue)
     }
 
+    /// The delay queues this Warren declared lately (they expire unused,
+    /// so some may be gone), by name.
+    pub(crate) fn delay_queues(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .declared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, at)| at.elapsed() < IDLE_EXPIRY)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The delay queue's name for `queue` and `delay`.
     pub(crate) fn delay_queue(queue: &str, delay: Duration) -> String {
         let name = format!("{queue}.retry.{}", delay.as_millis());
