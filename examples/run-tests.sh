@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cross-language tests of the examples against a real Warren and RabbitMQ:
 # Python publishes and Node consumes, Node publishes and Python consumes, RPC
-# both ways, and the curl scripts. Builds nothing: expects a built warren
+# both ways, the curl scripts, and push delivery to the Python and Node HTTP
+# handlers. Builds nothing: expects a built warren
 # (WARREN_BIN, else the newer of target/debug/warren and target/release/warren).
 # Sets up its own Python venv (examples/.venv) and node_modules (npm ci).
 # Ends with a line "N passed, M failed"; exits non-zero when a check failed.
@@ -33,9 +34,13 @@ say "warren: $bin"
 
 "$root/scripts/broker.sh"
 
-# --- Warren on free ports, in a scratch directory (no config file: defaults).
+# --- Warren on free ports, in a scratch directory. Its config is the defaults
+# plus config/examples/push.toml once per push handler (see the push checks).
 run=$(mktemp -d "${TMPDIR:-/tmp}/warren-examples.XXXXXX")
 suffix=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+queue() { # queue NAME: a fresh queue name (deleted at the end)
+  echo "warren-examples.$1.$suffix"
+}
 warren_pid=''
 ok=false
 
@@ -62,10 +67,19 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# The push example's queue "jobs" and handler port 8080, made this run's: one
+# queue and one port per handler language.
+declare -A push_port
+for lang in python node; do
+  push_port[$lang]=$(free_port)
+  sed -e "s/\bjobs\b/$(queue "push-$lang")/g" -e "s/\b8080\b/${push_port[$lang]}/g" \
+    "$root/config/examples/push.toml"
+done >"$run/warren.toml"
+
 for try in 1 2 3; do
   http_port=$(free_port) grpc_port=$(free_port)
   (cd "$run" && WARREN__HTTP__LISTEN=127.0.0.1:$http_port WARREN__GRPC__LISTEN=127.0.0.1:$grpc_port \
-    exec "$bin") >"$run/warren.log" 2>&1 &
+    exec "$bin" --config "$run/warren.toml") >"$run/warren.log" 2>&1 &
   warren_pid=$!
   for _ in $(seq 1 150); do
     curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break 2
@@ -93,10 +107,6 @@ ex() { # ex LANG SCRIPT ARGS...: runs examples/LANG/SCRIPT (python or node)
     python) $exec "$py" "$examples/python/$script.py" "$@" ;;
     node) $exec node "$examples/node/$script.js" "$@" ;;
   esac
-}
-
-queue() { # queue NAME: a fresh queue name (deleted at the end)
-  echo "warren-examples.$1.$suffix"
 }
 
 start() { # start NAME CMD...: runs an example in the background
@@ -258,6 +268,62 @@ assert [d["message"]["body"] for d in got] == ["third"], got
 ' "$run/subscribe-sh-2.out"
 }
 
+# Warren pushes its queue to the handler in LANG (config/examples/push.toml):
+# bodies, Content-Type and CloudEvents headers arrive; "retry" is answered 503
+# and comes back as attempt 2 once its Retry-After (1s) is over; "poison" is
+# answered 400 and ends in the queue's dead-letter queue.
+push() { # push LANG
+  local lang=$1 q
+  q=$(queue "push-$lang")
+  start "push-$lang" ex "$lang" push_handler --port "${push_port[$lang]}" --count 4 --timeout 30
+  ready "push-$lang" "listening on"
+  publish_http "$q" "$lang-1-$suffix" '"body": "hello", "content_type": "text/plain", "type": "example.greeting", "headers": {"trace": "t-1"}'
+  publish_http "$q" "$lang-2-$suffix" '"body": {"n": 2}'
+  publish_http "$q" "$lang-3-$suffix" '"body": "retry"'
+  publish_http "$q" "$lang-4-$suffix" '"body": "poison"'
+  finish "push-$lang"
+  assert_py '
+got = lines(sys.argv[1])
+q, lang, suffix = sys.argv[2:]
+print("\n".join(map(json.dumps, got)))
+mid = lambda n: f"{lang}-{n}-{suffix}"
+seen = sorted((d["id"], d["body"], d["attempt"], d["status"]) for d in got)
+assert seen == [(mid(1), "hello", 1, 200), (mid(2), "{\"n\":2}", 1, 200), (mid(3), "retry", 1, 503),
+                (mid(3), "retry", 2, 200), (mid(4), "poison", 1, 400)], seen
+for d in got:
+    ce = d["ce"]
+    assert ce["ce-specversion"] == "1.0" and ce["ce-source"] == f"/warren/queues/{q}", d
+    assert ce["ce-type"] == ("example.greeting" if d["body"] == "hello" else "warren.delivery"), d
+    # (a retried copy also carries x- headers from the broker: x-first-death-queue...)
+    headers = {k: v for k, v in d["headers"].items() if not k.startswith("x-")}
+    assert headers == ({"trace": "t-1"} if d["body"] == "hello" else {}), d
+by = {(d["body"], d["attempt"]): d for d in got}
+assert by["hello", 1]["content_type"] == "text/plain", by["hello", 1]
+assert by["{\"n\":2}", 1]["content_type"] == "application/json", by["{\"n\":2}", 1]
+gap = by["retry", 2]["at"] - by["retry", 1]["at"]
+assert 0.85 < gap < 10, f"attempt 2 came {gap:.2f}s after the 503 with Retry-After: 1"
+' "$run/push-$lang.out" "$q" "$lang" "$suffix"
+  # The broker moves a rejected message to the dead-letter queue on its own
+  # time: give it a moment.
+  for _ in $(seq 1 50); do
+    curl -sS --fail-with-body "$WARREN_URL/v1/dead-letters/$q.dlq" >"$run/dlq-$lang.json"
+    grep -qF "$lang-4-$suffix" "$run/dlq-$lang.json" && break
+    sleep 0.1
+  done
+  assert_py '
+listing = json.load(open(sys.argv[1]))
+print(listing)
+assert [(m["id"], m["original_queue"], m["reason"]) for m in listing["messages"]] == [
+    (sys.argv[3], sys.argv[2], "rejected")], listing
+' "$run/dlq-$lang.json" "$q" "$lang-4-$suffix"
+}
+
+publish_http() { # publish_http QUEUE ID FIELDS: POST /v1/publish to amq.direct, routed by QUEUE
+  curl -sS --fail-with-body "$WARREN_URL/v1/publish" -H 'content-type: application/json' \
+    -d "{\"exchange\": \"amq.direct\", \"routing_key\": \"$1\", \"message_id\": \"$2\", $3}"
+  echo
+}
+
 # Mistakes end the examples non-zero with Warren's reason.
 fails() { # fails PATTERN CMD...: CMD must exit non-zero, saying PATTERN on stderr
   local pattern=$1 rc=0; shift
@@ -286,6 +352,8 @@ check "(c) Node rpc_caller.js -> Python rpc_responder.py" rpc node python
 check "(d) shell publish.sh -> Python worker.py (with and without jq)" shell_publish
 check "(d) shell call.sh -> Node rpc_responder.js" shell_call
 check "(d) shell subscribe.sh + ack.sh" shell_subscribe
+check "(f) Warren push -> Python push_handler.py: CloudEvents headers, 503 + Retry-After, 400 dead-lettered" push python
+check "(f) Warren push -> Node push_handler.js: CloudEvents headers, 503 + Retry-After, 400 dead-lettered" push node
 check "errors: unroutable, missing exchange reported with a non-zero exit" errors
 
 kill -0 "$warren_pid" 2>/dev/null || { failed=$((failed + 1)); say "FAIL warren is no longer running"; }
