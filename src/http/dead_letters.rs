@@ -21,7 +21,7 @@ use crate::error::Error;
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     #[serde(default = "default_limit")]
-    limit: usize,
+    pub(super) limit: usize,
 }
 
 fn default_limit() -> usize {
@@ -75,15 +75,15 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct SelectJson {
     #[serde(default)]
-    ids: Option<Vec<String>>,
+    pub(super) ids: Option<Vec<String>>,
     #[serde(default)]
     all: bool,
     /// Replay only: fields that replace the stored ones.
     #[serde(default)]
-    message: Option<Map<String, Value>>,
+    pub(super) message: Option<Map<String, Value>>,
 }
 
-fn selection(request: &SelectJson) -> Result<Selection, Error> {
+pub(super) fn selection(request: &SelectJson) -> Result<Selection, Error> {
     match (&request.ids, request.all) {
         (Some(_), true) => Err(Error::InvalidArgument(
             "give either ids or all, not both".into(),
@@ -118,19 +118,19 @@ pub(super) fn patch(fields: Map<String, Value>) -> Result<Patch, Error> {
 
 #[derive(Debug, Serialize)]
 pub struct Replayed {
-    replayed: u32,
+    pub(super) replayed: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    missing: Vec<String>,
+    pub(super) missing: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Discarded {
-    discarded: u32,
+    pub(super) discarded: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    missing: Vec<String>,
+    pub(super) missing: Vec<String>,
 }
 
-async fn select_request(
+pub(super) async fn select_request(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
@@ -182,7 +182,10 @@ pub async fn discard(
 
 /// An operation stopped by a failure part-way: the failure's problem, with
 /// how many messages were done before it (`replayed` / `discarded`).
-fn partial(outcome: DeadLetterOutcome, done: &str) -> Result<DeadLetterOutcome, Problem> {
+pub(super) fn partial(
+    outcome: DeadLetterOutcome,
+    done: &str,
+) -> Result<DeadLetterOutcome, Problem> {
     match outcome.stopped {
         Some(e) => Err(Problem::from(e).with(done, outcome.done)),
         None => Ok(outcome),

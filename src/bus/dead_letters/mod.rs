@@ -63,6 +63,33 @@ pub struct Patch {
     pub headers: Option<Headers>,
 }
 
+impl Patch {
+    /// Checks the corrections as a publish's fields would be checked.
+    pub fn check(&self, max_body_bytes: usize) -> Result<(), Error> {
+        if let Some(body) = &self.body {
+            if body.len() > max_body_bytes {
+                return Err(Error::TooLarge {
+                    what: "message body",
+                    size: body.len(),
+                    limit: max_body_bytes,
+                });
+            }
+        }
+        if let Some(headers) = &self.headers {
+            crate::message::check_client_headers(headers)?;
+        }
+        for (what, value) in [
+            ("content_type", &self.content_type),
+            ("content_encoding", &self.content_encoding),
+        ] {
+            if let Some(v) = value {
+                check_short(what, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What an operation did.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -103,26 +130,7 @@ impl Bus {
     ) -> Result<Outcome, Error> {
         caller.permit(Access::Admin)?;
         let _pass = self.enter_broker()?;
-        if let Some(body) = &patch.body {
-            if body.len() > self.config.publish.max_body_bytes {
-                return Err(Error::TooLarge {
-                    what: "message body",
-                    size: body.len(),
-                    limit: self.config.publish.max_body_bytes,
-                });
-            }
-        }
-        if let Some(headers) = &patch.headers {
-            crate::message::check_client_headers(headers)?;
-        }
-        for (what, value) in [
-            ("content_type", &patch.content_type),
-            ("content_encoding", &patch.content_encoding),
-        ] {
-            if let Some(v) = value {
-                check_short(what, v)?;
-            }
-        }
+        patch.check(self.config.publish.max_body_bytes)?;
         self.dead_letters.replay(dlq, selection, patch).await
     }
 
