@@ -70,7 +70,10 @@ async fn until_count(broker: &Broker, queue: &str, n: u32) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(30), full).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), full)
+        .await
+        .is_err()
+    {
         panic!(
             "{queue} holds {} of {n} messages",
             broker.count(queue).await
@@ -90,7 +93,13 @@ async fn spooled_while_the_broker_is_away_and_delivered_in_order_once_it_is_back
     proxy.cut();
     until_down(&warren).await;
     // Without allowing it, a publish still fails fast.
-    let (status, _) = publish(&http, &warren, json!({"routing_key": queue, "body": "x"}), None).await;
+    let (status, _) = publish(
+        &http,
+        &warren,
+        json!({"routing_key": queue, "body": "x"}),
+        None,
+    )
+    .await;
     assert_eq!(status, 503);
     let mut client = warren.grpc().await;
     let mut sent = Vec::new();
@@ -105,7 +114,9 @@ async fn spooled_while_the_broker_is_away_and_delivered_in_order_once_it_is_back
             )
             .await;
             assert_eq!(status, 202, "{answer}");
-            assert!(answer["message_id"].as_str().is_some_and(|id| !id.is_empty()));
+            assert!(answer["message_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()));
             answer["spooled"].as_bool().unwrap()
         } else {
             let mut request = common::request("", &queue, body.as_bytes());
@@ -121,7 +132,10 @@ async fn spooled_while_the_broker_is_away_and_delivered_in_order_once_it_is_back
     assert_eq!(status["messages"], 100, "{status}");
     assert_eq!(status["broker_connected"], false, "{status}");
     assert!(status["oldest_seconds"].as_f64().unwrap() >= 0.0);
-    assert_eq!(metric(&warren.metrics().await, "warren_spool_messages"), 100.0);
+    assert_eq!(
+        metric(&warren.metrics().await, "warren_spool_messages"),
+        100.0
+    );
     assert!(metric(&warren.metrics().await, "warren_spool_bytes") > 0.0);
     // Nothing reached the broker yet; readiness says so.
     assert_eq!(broker.count(&queue).await, 0);
@@ -165,7 +179,10 @@ async fn spooled_while_the_broker_is_away_and_delivered_in_order_once_it_is_back
     tokio::time::timeout(Duration::from_secs(10), drained)
         .await
         .expect("the spool empties once everything is confirmed");
-    assert_eq!(metric(&warren.metrics().await, "warren_spool_oldest_seconds"), 0.0);
+    assert_eq!(
+        metric(&warren.metrics().await, "warren_spool_oldest_seconds"),
+        0.0
+    );
     warren.stop().await;
     broker.delete_queues(&[queue]).await;
 }
@@ -230,10 +247,19 @@ async fn refusals_on_forwarding_go_to_the_dead_letter_spool_to_replay_or_discard
     let messages = dead["messages"].as_array().unwrap();
     let by_id = |id: &Value| messages.iter().find(|m| &m["id"] == id).unwrap().clone();
     let lost = by_id(&gone["message_id"]);
-    assert!(lost["reason"].as_str().unwrap().contains("not-found"), "{lost}");
+    assert!(
+        lost["reason"].as_str().unwrap().contains("not-found"),
+        "{lost}"
+    );
     assert_eq!(lost["message"]["body"], "lost");
     let unroutable = by_id(&late["message_id"]);
-    assert!(unroutable["reason"].as_str().unwrap().contains("unroutable"), "{unroutable}");
+    assert!(
+        unroutable["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unroutable"),
+        "{unroutable}"
+    );
     assert_eq!(spool_status(&http, &warren).await["dead"], 2);
 
     // Bad selections change nothing.
@@ -283,10 +309,22 @@ async fn bad_input_and_a_full_spool_are_refused_without_writing() {
     proxy.cut();
     until_down(&warren).await;
     for (bad, status) in [
-        (json!({"routing_key": queue, "body": "x", "headers": {"x-warren-attempt": 1}}), 400),
-        (json!({"routing_key": queue, "body": "x", "delay_ms": 1, "deliver_at_ms": 1}), 400),
-        (json!({"routing_key": queue, "body": "x", "priority": 300}), 400),
-        (json!({"routing_key": queue, "body": "x", "allow_spool": "yes"}), 400),
+        (
+            json!({"routing_key": queue, "body": "x", "headers": {"x-warren-attempt": 1}}),
+            400,
+        ),
+        (
+            json!({"routing_key": queue, "body": "x", "delay_ms": 1, "deliver_at_ms": 1}),
+            400,
+        ),
+        (
+            json!({"routing_key": queue, "body": "x", "priority": 300}),
+            400,
+        ),
+        (
+            json!({"routing_key": queue, "body": "x", "allow_spool": "yes"}),
+            400,
+        ),
     ] {
         let (got, answer) = publish(&http, &warren, bad.clone(), Some("true")).await;
         assert_eq!(got, status, "{bad} -> {answer}");
@@ -322,7 +360,10 @@ async fn bad_input_and_a_full_spool_are_refused_without_writing() {
     let (status, detail) = problem(full).await;
     assert_eq!(status, 429, "{detail}");
     assert!(retry_after.is_some(), "Retry-After given");
-    assert!(detail["detail"].as_str().unwrap().contains("spool is full"), "{detail}");
+    assert!(
+        detail["detail"].as_str().unwrap().contains("spool is full"),
+        "{detail}"
+    );
     let state = spool_status(&http, &warren).await;
     assert_eq!(state["messages"], spooled);
     assert!(state["bytes"].as_u64().unwrap() <= 65536);

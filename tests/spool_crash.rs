@@ -17,10 +17,21 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warren");
 
+/// A Warren process, killed (if still running) when dropped, however the
+/// test ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The binary with the spool in `dir`, reaching the broker at `url`; its
 /// HTTP address once it listens.
-async fn spawn(dir: &Path, url: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
+async fn spawn(dir: &Path, url: &str) -> (Proc, String) {
+    let mut child = Proc(Command::new(BIN)
         .env("WARREN__AMQP__URL", url)
         .env("WARREN__HTTP__LISTEN", "127.0.0.1:0")
         .env("WARREN__GRPC__LISTEN", "127.0.0.1:0")
@@ -31,8 +42,8 @@ async fn spawn(dir: &Path, url: &str) -> (Child, String) {
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+        .unwrap());
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -55,12 +66,12 @@ async fn spawn(dir: &Path, url: &str) -> (Child, String) {
     }
 }
 
-fn sigkill(child: &mut Child) {
+fn sigkill(child: &mut Proc) {
     Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
+        .args(["-KILL", &child.0.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,8 +91,13 @@ async fn sigkill_loses_nothing_answered_spooled_and_a_restart_forwards_it_in_ord
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             for i in 0u32.. {
-                let body = json!({"routing_key": queue, "body": format!("{p}:{i}"), "allow_spool": true});
-                let Ok(response) = client.post(format!("{http}/v1/publish")).json(&body).send().await
+                let body =
+                    json!({"routing_key": queue, "body": format!("{p}:{i}"), "allow_spool": true});
+                let Ok(response) = client
+                    .post(format!("{http}/v1/publish"))
+                    .json(&body)
+                    .send()
+                    .await
                 else {
                     return; // killed
                 };
@@ -94,7 +110,14 @@ async fn sigkill_loses_nothing_answered_spooled_and_a_restart_forwards_it_in_ord
         }));
     }
     let enough = async {
-        while answered.lock().unwrap().values().map(Vec::len).sum::<usize>() < 400 {
+        while answered
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            < 400
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
@@ -126,7 +149,10 @@ async fn sigkill_loses_nothing_answered_spooled_and_a_restart_forwards_it_in_ord
         .await
         .expect("the restarted Warren drains the spool");
     let arrived = broker.count(&queue).await as usize;
-    assert!(arrived >= total, "{arrived} arrived, {total} answered spooled");
+    assert!(
+        arrived >= total,
+        "{arrived} arrived, {total} answered spooled"
+    );
     let bodies = broker.bodies(&queue, arrived).await;
     let mut seen: HashMap<usize, Vec<u32>> = HashMap::new();
     for body in &bodies {
@@ -139,8 +165,14 @@ async fn sigkill_loses_nothing_answered_spooled_and_a_restart_forwards_it_in_ord
         let got = &seen[p];
         // In order per publisher; beyond what was answered, at most the
         // publish in flight at the kill (its commit may have been durable).
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "publisher {p} out of order: {got:?}");
-        assert!(got.starts_with(sent), "publisher {p} lost some: sent {sent:?}, got {got:?}");
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "publisher {p} out of order: {got:?}"
+        );
+        assert!(
+            got.starts_with(sent),
+            "publisher {p} lost some: sent {sent:?}, got {got:?}"
+        );
         assert!(got.len() <= sent.len() + 1, "publisher {p}: {got:?}");
     }
     eprintln!("{total} answered spooled before SIGKILL; {arrived} forwarded after the restart");
@@ -177,10 +209,7 @@ async fn a_damaged_record_is_dropped_and_the_rest_forwarded() {
     {
         let store = store::Store::open(&dir).unwrap();
         store
-            .append(
-                store::Table::Spooled,
-                &[&records[0], &damaged, &records[2]],
-            )
+            .append(store::Table::Spooled, &[&records[0], &damaged, &records[2]])
             .unwrap();
     }
     let dir_text = dir.to_string_lossy().into_owned();
@@ -190,7 +219,12 @@ async fn a_damaged_record_is_dropped_and_the_rest_forwarded() {
     ]))
     .await;
     let drained = async {
-        while warren.server.bus().metrics().render().contains("warren_spool_messages 3")
+        while warren
+            .server
+            .bus()
+            .metrics()
+            .render()
+            .contains("warren_spool_messages 3")
             || broker.count(&queue).await < 2
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -160,4 +160,3 @@ pub fn alive(pid: &str) -> bool {
         !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
     })
 }
-
