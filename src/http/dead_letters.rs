@@ -25,7 +25,7 @@ pub struct ListParams {
 }
 
 fn default_limit() -> usize {
-    100
+    crate::bus::dead_letters::DEFAULT_LIST_LIMIT
 }
 
 /// One dead letter as JSON.
@@ -84,16 +84,7 @@ pub struct SelectJson {
 }
 
 fn selection(request: &SelectJson) -> Result<Selection, Error> {
-    match (&request.ids, request.all) {
-        (Some(_), true) => Err(Error::InvalidArgument(
-            "give either ids or all, not both".into(),
-        )),
-        (Some(ids), false) if !ids.is_empty() => Ok(Selection::Ids(ids.clone())),
-        (None, true) => Ok(Selection::All),
-        _ => Err(Error::InvalidArgument(
-            "give ids (a non-empty list) or \"all\": true".into(),
-        )),
-    }
+    Selection::new(request.ids.clone(), request.all)
 }
 
 /// The corrections given as `message`: only the fields present apply.

@@ -35,6 +35,18 @@ pub enum Kind {
     OrderedGroup,
 }
 
+impl Kind {
+    /// Its name, as in the JSON listing.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Queue => "queue",
+            Kind::DeadLetter => "dead_letter",
+            Kind::Retry => "retry",
+            Kind::OrderedGroup => "ordered_group",
+        }
+    }
+}
+
 /// One entry of the listing.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Listed {
@@ -164,5 +176,13 @@ mod tests {
             serde_json::json!({"name": "q", "messages": 3, "consumers": 1, "paused": true,
                 "kind": "ordered_group", "dead_letter_queue": "q.dlq", "exists": true})
         );
+        for kind in [
+            Kind::Queue,
+            Kind::DeadLetter,
+            Kind::Retry,
+            Kind::OrderedGroup,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }
