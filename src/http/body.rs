@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use utoipa::ToSchema;
 
 use super::problem::Problem;
 use crate::error::Error;
@@ -233,31 +234,42 @@ pub fn json_limit(max_body: usize) -> usize {
     max_body.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-/// A message as JSON (the proto's field names).
-#[derive(Debug, Default, Deserialize)]
+/// A message as JSON (the proto's field names). Unknown fields are refused.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct JsonMessage {
     /// Any JSON value: a string is sent as its UTF-8 bytes, anything else as
     /// compact JSON (content type `application/json` unless set).
+    #[schema(value_type = Option<Value>)]
     pub body: Option<Value>,
     /// The body as base64 bytes, instead of `body`.
+    #[schema(format = Byte)]
     pub body_base64: Option<String>,
     pub content_type: String,
     pub content_encoding: String,
+    /// AMQP application headers (names starting with `x-warren-` are
+    /// Warren's own and refused).
     pub headers: Map<String, Value>,
+    /// Set by Warren (a UUID) when empty.
     pub message_id: String,
     pub correlation_id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// 0-255; only meaningful on priority queues.
     pub priority: u32,
+    /// Per-message TTL in ms; 0 means none.
     pub expiration_ms: u64,
+    /// Seconds since the Unix epoch; 0 means none.
     pub timestamp: i64,
     pub app_id: String,
+    /// Not persisted (delivery mode 1).
     pub transient: bool,
     pub reply_to: String,
+    /// Must be Warren's broker user when set.
     pub user_id: String,
     /// Anything else: refused, so that a misspelt field is not ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub unknown: Map<String, Value>,
 }
 
@@ -310,11 +322,15 @@ impl JsonMessage {
 
 /// A delivered or replied message as JSON: `body` when the bytes are UTF-8,
 /// else `body_base64`; empty properties left out.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeliveredMessage)]
 pub struct JsonOut {
+    /// The body as text, when it is valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The body as base64, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
     pub body_base64: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub content_type: String,

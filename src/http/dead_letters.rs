@@ -6,8 +6,9 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Authenticated;
 use super::body::{self, JsonMessage, JsonOut};
@@ -17,10 +18,13 @@ use crate::bus::{DeadLetter, DeadLetterOutcome, Patch, Selection};
 use crate::error::Error;
 
 /// `?limit=N` (default 100).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// At most this many (default 100, at most `dead_letters.max_list`).
     #[serde(default = "default_limit")]
+    #[param(default = 100, minimum = 0)]
     limit: usize,
 }
 
@@ -29,17 +33,23 @@ fn default_limit() -> usize {
 }
 
 /// One dead letter as JSON.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeadLetter)]
 pub struct JsonDeadLetter {
+    /// The message's `message_id`.
     id: String,
     message: JsonOut,
+    /// Why it was dead-lettered (`rejected`, `expired`, `maxlen`, ...).
     reason: String,
+    /// The queue it was dead-lettered from, where a replay sends it.
     original_queue: String,
+    /// The deliveries it had.
     attempts: u32,
 }
 
 /// The listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeadLetterListing)]
 pub struct Listing {
     messages: Vec<JsonDeadLetter>,
 }
@@ -57,6 +67,18 @@ impl From<DeadLetter> for JsonDeadLetter {
 }
 
 /// `GET /v1/dead-letters/{dlq}?limit=N`: without removing them.
+#[utoipa::path(
+    get, path = "/v1/dead-letters/{dlq}", operation_id = "listDeadLetters", tag = "dead letters",
+    summary = "List dead letters without removing them",
+    params(("dlq" = String, Path, description = "A dead-letter queue"), ListParams),
+    responses(
+        (status = 200, description = "The dead letters", body = Listing),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -70,17 +92,47 @@ pub async fn list(
     }))
 }
 
-/// The body of replay and discard.
-#[derive(Debug, Deserialize)]
+/// The body of replay and discard: `ids` (a non-empty list) or `all`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectJson {
+    /// The message ids to take.
     #[serde(default)]
     ids: Option<Vec<String>>,
+    /// Take them all (up to `dead_letters.max_scan`), instead of `ids`.
     #[serde(default)]
     all: bool,
     /// Replay only: fields that replace the stored ones.
     #[serde(default)]
-    message: Option<Map<String, Value>>,
+    message: Option<PatchJson>,
+}
+
+/// Corrections of a stored message: the fields given replace the stored
+/// ones (`body` or `body_base64`, `content_type`, `content_encoding`,
+/// `headers`, which replaces the application headers).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchJson {
+    /// The new body: a string is sent as its UTF-8 bytes, anything else as
+    /// compact JSON.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Value>)]
+    body: Option<Value>,
+    /// The new body as base64 bytes, instead of `body`.
+    #[serde(default)]
+    #[schema(format = Byte)]
+    body_base64: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+}
+
+/// A field that is there, even as `null` (an empty body).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 fn selection(request: &SelectJson) -> Result<Selection, Error> {
@@ -88,16 +140,21 @@ fn selection(request: &SelectJson) -> Result<Selection, Error> {
 }
 
 /// The corrections given as `message`: only the fields present apply.
-pub(super) fn patch(fields: Map<String, Value>) -> Result<Patch, Error> {
-    let has = |k: &str| fields.contains_key(k);
+pub(super) fn patch(fields: PatchJson) -> Result<Patch, Error> {
     let (body, ct, ce, headers) = (
-        has("body") || has("body_base64"),
-        has("content_type"),
-        has("content_encoding"),
-        has("headers"),
+        fields.body.is_some() || fields.body_base64.is_some(),
+        fields.content_type.is_some(),
+        fields.content_encoding.is_some(),
+        fields.headers.is_some(),
     );
-    let parsed: JsonMessage = serde_json::from_value(Value::Object(fields))
-        .map_err(|e| Error::InvalidArgument(format!("invalid message: {e}")))?;
+    let parsed = JsonMessage {
+        body: fields.body,
+        body_base64: fields.body_base64,
+        content_type: fields.content_type.unwrap_or_default(),
+        content_encoding: fields.content_encoding.unwrap_or_default(),
+        headers: fields.headers.unwrap_or_default(),
+        ..Default::default()
+    };
     let message = parsed.into_message()?;
     Ok(Patch {
         body: body.then_some(message.body),
@@ -107,16 +164,20 @@ pub(super) fn patch(fields: Map<String, Value>) -> Result<Patch, Error> {
     })
 }
 
-#[derive(Debug, Serialize)]
+/// What a replay did.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Replayed {
     replayed: u32,
+    /// Requested ids that were not in the dead-letter queue.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     missing: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// What a discard did.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Discarded {
     discarded: u32,
+    /// Requested ids that were not in the dead-letter queue.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     missing: Vec<String>,
 }
@@ -132,6 +193,26 @@ async fn select_request(
 }
 
 /// `POST /v1/dead-letters/{dlq}/replay`.
+#[utoipa::path(
+    post, path = "/v1/dead-letters/{dlq}/replay", operation_id = "replayDeadLetters", tag = "dead letters",
+    summary = "Send dead letters back to their original queues, optionally corrected",
+    description = "Each is confirmed on its original queue before it leaves the dead-letter \
+        queue. A failure part-way answers its problem with `replayed`: how many were \
+        replayed before it.",
+    params(("dlq" = String, Path, description = "A dead-letter queue")),
+    request_body(content((SelectJson = "application/json"))),
+    responses(
+        (status = 200, description = "Replayed", body = Replayed),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unroutable),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -151,6 +232,23 @@ pub async fn replay(
 }
 
 /// `POST /v1/dead-letters/{dlq}/discard`.
+#[utoipa::path(
+    post, path = "/v1/dead-letters/{dlq}/discard", operation_id = "discardDeadLetters", tag = "dead letters",
+    summary = "Remove dead letters for good",
+    params(("dlq" = String, Path, description = "A dead-letter queue")),
+    request_body(content((SelectJson = "application/json")),
+        description = "The selection (`message` belongs to replay)"),
+    responses(
+        (status = 200, description = "Discarded", body = Discarded),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn discard(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -22,7 +22,8 @@ use crate::error::Error;
 const CONCURRENCY: usize = 8;
 
 /// What a listed queue is to Warren.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = QueueKind)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A queue of `[topology]` or `[[push]]`.
@@ -48,7 +49,8 @@ impl Kind {
 }
 
 /// One entry of the listing.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = ListedQueue)]
 pub struct Listed {
     #[serde(flatten)]
     pub info: QueueInfo,
