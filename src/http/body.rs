@@ -221,10 +221,34 @@ pub fn trace(headers: &HeaderMap, message: &mut Message) -> Result<(), Error> {
     message.set_trace(get("traceparent"), get("tracestate"))
 }
 
-/// Parses a JSON request body with a clear error for each mistake.
+/// Parses a JSON request body (an object) with a clear error for each
+/// mistake.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // (serde's derived structs also take an array of their fields in
+    // order; a request is an object.)
+    if bytes.trim_ascii_start().first() == Some(&b'[') {
+        return Err(Error::InvalidArgument(
+            "invalid JSON request: expected an object, not an array".into(),
+        ));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| Error::InvalidArgument(format!("invalid JSON request: {e}")))
+}
+
+/// A nested JSON object as `T`, refusing an array (which serde's derived
+/// structs would take as their fields in order).
+pub fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error as _;
+    match Option::<Map<String, Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => serde_json::from_value(Value::Object(map))
+            .map(Some)
+            .map_err(D::Error::custom),
+    }
 }
 
 /// How much larger than its body a JSON request may be: base64 grows bytes by
@@ -232,6 +256,38 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 /// held to the exact limit.
 pub fn json_limit(max_body: usize) -> usize {
     max_body.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// Integers as JSON Schema has them: `3` and `3.0` alike (a client whose
+/// JSON writes every number as a float is not refused), out of range or
+/// fractional numbers refused.
+pub mod whole {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    /// Largest float that is still a whole number exactly (2^53).
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64> + TryFrom<i64>,
+    {
+        let n = serde_json::Number::deserialize(d)?;
+        let out_of_range = || D::Error::custom(format!("{n} is out of range"));
+        if let Some(u) = n.as_u64() {
+            return T::try_from(u).map_err(|_| out_of_range());
+        }
+        if let Some(i) = n.as_i64() {
+            return T::try_from(i).map_err(|_| out_of_range());
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= MAX_EXACT => {
+                T::try_from(f as i64).map_err(|_| out_of_range())
+            }
+            _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+        }
+    }
 }
 
 /// A message as JSON (the proto's field names). Unknown fields are refused.
@@ -256,10 +312,15 @@ pub struct JsonMessage {
     #[serde(rename = "type")]
     pub kind: String,
     /// 0-255; only meaningful on priority queues.
+    #[serde(deserialize_with = "whole::deserialize")]
+    #[schema(maximum = 255)]
     pub priority: u32,
     /// Per-message TTL in ms; 0 means none.
+    #[serde(deserialize_with = "whole::deserialize")]
+    #[schema(maximum = 315_360_000_000_u64)]
     pub expiration_ms: u64,
     /// Seconds since the Unix epoch; 0 means none.
+    #[serde(deserialize_with = "whole::deserialize")]
     pub timestamp: i64,
     pub app_id: String,
     /// Not persisted (delivery mode 1).

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
@@ -92,19 +92,32 @@ pub async fn list(
     }))
 }
 
-/// The body of replay and discard: `ids` (a non-empty list) or `all`.
+/// The body of a replay: `ids` (a non-empty list) or `all`, and optional
+/// corrections.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SelectJson {
+pub struct ReplayJson {
     /// The message ids to take.
     #[serde(default)]
     ids: Option<Vec<String>>,
     /// Take them all (up to `dead_letters.max_scan`), instead of `ids`.
     #[serde(default)]
     all: bool,
-    /// Replay only: fields that replace the stored ones.
-    #[serde(default)]
+    /// Fields that replace the stored ones.
+    #[serde(default, deserialize_with = "body::object")]
     message: Option<PatchJson>,
+}
+
+/// The body of a discard: `ids` (a non-empty list) or `all`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardJson {
+    /// The message ids to take.
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    /// Take them all (up to `dead_letters.max_scan`), instead of `ids`.
+    #[serde(default)]
+    all: bool,
 }
 
 /// Corrections of a stored message: the fields given replace the stored
@@ -114,8 +127,8 @@ pub struct SelectJson {
 #[serde(deny_unknown_fields)]
 pub struct PatchJson {
     /// The new body: a string is sent as its UTF-8 bytes, anything else as
-    /// compact JSON.
-    #[serde(default, deserialize_with = "present")]
+    /// compact JSON (`null`: no correction of the body).
+    #[serde(default)]
     #[schema(value_type = Option<Value>)]
     body: Option<Value>,
     /// The new body as base64 bytes, instead of `body`.
@@ -130,14 +143,8 @@ pub struct PatchJson {
     headers: Option<Map<String, Value>>,
 }
 
-/// A field that is there, even as `null` (an empty body).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
 
-fn selection(request: &SelectJson) -> Result<Selection, Error> {
-    Selection::new(request.ids.clone(), request.all)
-}
+
 
 /// The corrections given as `message`: only the fields present apply.
 pub(super) fn patch(fields: PatchJson) -> Result<Patch, Error> {
@@ -182,11 +189,11 @@ pub struct Discarded {
     missing: Vec<String>,
 }
 
-async fn select_request(
+async fn select_request<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<SelectJson, Problem> {
+) -> Result<T, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
     let (request, _) = body::read_json(&state.limits, headers, body, body::json_limit(max)).await?;
     Ok(request)
@@ -200,7 +207,7 @@ async fn select_request(
         queue. A failure part-way answers its problem with `replayed`: how many were \
         replayed before it.",
     params(("dlq" = String, Path, description = "A dead-letter queue")),
-    request_body(content((SelectJson = "application/json"))),
+    request_body(content((ReplayJson = "application/json"))),
     responses(
         (status = 200, description = "Replayed", body = Replayed),
         (status = 400, response = super::openapi::BadRequest),
@@ -220,8 +227,8 @@ pub async fn replay(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Replayed>, Problem> {
-    let request = select_request(&state, &headers, body).await?;
-    let selection = selection(&request)?;
+    let request: ReplayJson = select_request(&state, &headers, body).await?;
+    let selection = Selection::new(request.ids, request.all)?;
     let patch = request.message.map(patch).transpose()?.unwrap_or_default();
     let outcome = state.bus.replay(&caller, &dlq, &selection, &patch).await?;
     let DeadLetterOutcome { done, missing, .. } = partial(outcome, "replayed")?;
@@ -236,8 +243,7 @@ pub async fn replay(
     post, path = "/v1/dead-letters/{dlq}/discard", operation_id = "discardDeadLetters", tag = "dead letters",
     summary = "Remove dead letters for good",
     params(("dlq" = String, Path, description = "A dead-letter queue")),
-    request_body(content((SelectJson = "application/json")),
-        description = "The selection (`message` belongs to replay)"),
+    request_body(content((DiscardJson = "application/json"))),
     responses(
         (status = 200, description = "Discarded", body = Discarded),
         (status = 400, response = super::openapi::BadRequest),
@@ -256,11 +262,8 @@ pub async fn discard(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Discarded>, Problem> {
-    let request = select_request(&state, &headers, body).await?;
-    if request.message.is_some() {
-        return Err(Error::InvalidArgument("message belongs to replay".into()).into());
-    }
-    let selection = selection(&request)?;
+    let request: DiscardJson = select_request(&state, &headers, body).await?;
+    let selection = Selection::new(request.ids, request.all)?;
     let outcome = state.bus.discard(&caller, &dlq, &selection).await?;
     let DeadLetterOutcome { done, missing, .. } = partial(outcome, "discarded")?;
     Ok(Json(Discarded {

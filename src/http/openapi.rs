@@ -2,15 +2,17 @@
 //! by `utoipa` from the handlers' own annotations and the request and
 //! response types they parse and serialize, so that it follows the code.
 //!
-//! Two things are added after generation, in [`finish`]: the answers every
-//! operation may give whatever it is (421 for a `Host` outside
+//! A few things are added after generation, in [`finish`]: the answers
+//! every operation may give whatever it is (421 for a `Host` outside
 //! `http.allowed_hosts`; 401 and 403 where a credential is needed when auth
-//! is on), and flattened types (`#[serde(flatten)]`, which utoipa writes as
+//! is on); flattened types (`#[serde(flatten)]`, which utoipa writes as
 //! `allOf`) merged into one object, so that a request type that refuses
-//! unknown fields can say so (`additionalProperties: false`).
+//! unknown fields can say so (`additionalProperties: false`); the rules
+//! between fields that serde's types cannot say (a selection is `ids` or
+//! `all`; `body` or `body_base64`; `delay_ms` or `deliver_at_ms`); and the
+//! limits this Warren is configured with.
 
-use std::sync::OnceLock;
-
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Map, Value};
@@ -156,13 +158,47 @@ impl Modify for Security {
 /// flattened part (so utoipa cannot say it).
 const CLOSED: &[&str] = &["JsonMessage", "PublishJson", "CallJson", "ReplyJson"];
 
-/// The document as served.
-pub fn openapi() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| {
-        let doc = serde_json::to_value(Doc::openapi()).expect("the document serializes");
-        finish(doc)
-    })
+/// The document as a Warren with `config` serves it.
+pub fn openapi(config: &crate::config::Config) -> Value {
+    let doc = serde_json::to_value(Doc::openapi()).expect("the document serializes");
+    let mut doc = finish(doc);
+    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let limit = &mut doc["paths"]["/v1/dead-letters/{dlq}"]["get"]["parameters"];
+    if let Some(limit) = limit
+        .as_array_mut()
+        .and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit"))
+    {
+        limit["schema"]["maximum"] = json!(config.dead_letters.max_list);
+    }
+    doc
+}
+
+/// Rules between fields, by schema: a selection is a non-empty `ids` or
+/// `all: true` (`bus::Selection::new`); a message has `body` or
+/// `body_base64`, not both (`JsonMessage::into_message`); a publish has
+/// `delay_ms` or `deliver_at_ms`, not both (`bus::schedule`).
+fn rules(name: &str) -> Vec<(&'static str, Value)> {
+    let selection = json!([
+        {"required": ["ids"], "properties": {
+            "ids": {"type": "array", "minItems": 1}, "all": {"const": false}}},
+        {"required": ["all"], "properties": {"ids": {"type": "null"}, "all": {"const": true}}},
+    ]);
+    // (Each as "one of the two is absent or empty", `properties` holding
+    // only for members that are there.)
+    let one_body = json!({"anyOf": [
+        {"properties": {"body": {"type": "null"}}},
+        {"properties": {"body_base64": {"type": "null"}}},
+    ]});
+    let one_schedule = json!({"anyOf": [
+        {"properties": {"delay_ms": {"const": 0}}},
+        {"properties": {"deliver_at_ms": {"const": 0}}},
+    ]});
+    match name {
+        "ReplayJson" | "DiscardJson" => vec![("oneOf", selection)],
+        "JsonMessage" | "PatchJson" | "CallJson" | "ReplyJson" => vec![("allOf", json!([one_body]))],
+        "PublishJson" => vec![("allOf", json!([one_body, one_schedule]))],
+        _ => vec![],
+    }
 }
 
 /// The additions after generation (see the module's doc).
@@ -175,6 +211,9 @@ fn finish(mut doc: Value) -> Value {
             }
             if CLOSED.contains(&name.as_str()) {
                 schema["additionalProperties"] = json!(false);
+            }
+            for (keyword, rule) in rules(name) {
+                schema[keyword] = rule;
             }
         }
     }
@@ -244,6 +283,6 @@ fn merged(schema: &Value, schemas: &Value) -> Value {
     summary = "This document (OpenAPI 3.1)",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)),
 )]
-pub async fn document() -> impl IntoResponse {
-    Json(openapi())
+pub async fn document(State(state): State<super::AppState>) -> impl IntoResponse {
+    Json(openapi(state.bus.config()))
 }

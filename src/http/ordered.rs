@@ -79,7 +79,7 @@ pub async fn blocked(
 #[serde(deny_unknown_fields)]
 pub struct RetryJson {
     /// Fields that replace the held message's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::object")]
     message: Option<super::dead_letters::PatchJson>,
 }
 

@@ -37,11 +37,15 @@ pub struct PublishJson {
     /// Ordered groups: the key whose messages keep their order.
     #[serde(default)]
     ordering_key: String,
-    /// Scheduled publish: route the message this many ms from now.
-    #[serde(default)]
+    /// Scheduled publish: route the message this many ms from now (at
+    /// most 268435455 s).
+    #[serde(default, deserialize_with = "body::whole::deserialize")]
+    #[schema(maximum = 268_435_455_499_u64)]
     delay_ms: u64,
-    /// Scheduled publish: route the message at this Unix time in ms.
-    #[serde(default)]
+    /// Scheduled publish: route the message at this Unix time in ms (at
+    /// most one of `delay_ms` and `deliver_at_ms`).
+    #[serde(default, deserialize_with = "body::whole::deserialize")]
+    #[schema(minimum = 0)]
     deliver_at_ms: i64,
     #[serde(flatten)]
     message: JsonMessage,
@@ -168,7 +172,7 @@ async fn cloudevent(
         routing key as query parameters; the JSON envelope takes none.",
     params(
         Target,
-        ("x-warren-publisher" = Option<String>, Header,
+        ("x-warren-publisher" = Option<String>, Header, min_length = 1, max_length = 128,
             description = "The named publisher (its own channel, in order) to publish on"),
     ),
     request_body(content(
@@ -301,8 +305,9 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
         ("x-warren-allow-unroutable" = Option<bool>, Header),
         ("x-warren-ordering-key" = Option<String>, Header),
         ("x-warren-delay-ms" = Option<u64>, Header),
-        ("x-warren-deliver-at-ms" = Option<i64>, Header),
-        ("x-warren-publisher" = Option<String>, Header),
+        ("x-warren-deliver-at-ms" = Option<i64>, Header, minimum = 0),
+        ("x-warren-publisher" = Option<String>, Header, min_length = 1, max_length = 128,
+            description = "The named publisher (its own channel, in order) to publish on"),
         ("x-request-id" = Option<String>, Header, description = "Echoed as `request_id`"),
     ),
     request_body(content((Vec<u8> = "*/*")), description = "The message body"),

@@ -21,7 +21,7 @@ pub struct CallJson {
     #[serde(default)]
     routing_key: String,
     /// How long to wait for the reply (0: `rpc.default_timeout`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::whole::deserialize")]
     timeout_ms: u32,
     #[serde(flatten)]
     message: JsonMessage,

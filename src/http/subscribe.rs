@@ -180,16 +180,26 @@ pub async fn subscribe(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
 }
 
-/// The body of `POST /v1/ack` and `POST /v1/nack`.
+/// The body of `POST /v1/ack`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SettleRequest {
+pub struct AckJson {
+    #[schema(min_items = 1)]
     delivery_ids: Vec<String>,
-    /// Nack only: retry under the queue's retry policy (else dead-letter).
+}
+
+/// The body of `POST /v1/nack`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NackJson {
+    #[schema(min_items = 1)]
+    delivery_ids: Vec<String>,
+    /// Retry under the queue's retry policy (else dead-letter).
     #[serde(default)]
     requeue: bool,
-    /// Nack only, with requeue: redeliver after this many ms (at most 30 days).
-    #[serde(default)]
+    /// With requeue: redeliver after this many ms (at most 30 days).
+    #[serde(default, deserialize_with = "body::whole::deserialize")]
+    #[schema(maximum = 2_592_000_000_u32)]
     delay_ms: u32,
 }
 
@@ -202,11 +212,11 @@ pub struct Settled {
     nacked: Option<u32>,
 }
 
-async fn settle_request(
+async fn settle_request<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<SettleRequest, Problem> {
+) -> Result<T, Problem> {
     let (request, _) = body::read_json(&state.limits, headers, body, 1024 * 1024).await?;
     Ok(request)
 }
@@ -215,8 +225,7 @@ async fn settle_request(
 #[utoipa::path(
     post, path = "/v1/ack", operation_id = "ack", tag = "subscribe",
     summary = "Acknowledge deliveries",
-    request_body(content((SettleRequest = "application/json")),
-        description = "`delivery_ids` (`requeue` and `delay_ms` belong to nack)"),
+    request_body(content((AckJson = "application/json"))),
     responses(
         (status = 200, description = "Acked", body = Settled),
         (status = 400, response = super::openapi::BadRequest),
@@ -234,12 +243,7 @@ pub async fn ack(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settled>, Problem> {
-    let request = settle_request(&state, &headers, body).await?;
-    if request.requeue || request.delay_ms != 0 {
-        return Err(
-            Error::InvalidArgument("requeue and delay_ms belong to /v1/nack".into()).into(),
-        );
-    }
+    let request: AckJson = settle_request(&state, &headers, body).await?;
     let acked = state.bus.ack(&caller, &request.delivery_ids).await?;
     Ok(Json(Settled {
         acked: Some(acked),
@@ -251,7 +255,7 @@ pub async fn ack(
 #[utoipa::path(
     post, path = "/v1/nack", operation_id = "nack", tag = "subscribe",
     summary = "Reject deliveries: dead-letter, or retry under the retry policy",
-    request_body(content((SettleRequest = "application/json"))),
+    request_body(content((NackJson = "application/json"))),
     responses(
         (status = 200, description = "Nacked", body = Settled),
         (status = 400, response = super::openapi::BadRequest),
@@ -269,7 +273,7 @@ pub async fn nack(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settled>, Problem> {
-    let request = settle_request(&state, &headers, body).await?;
+    let request: NackJson = settle_request(&state, &headers, body).await?;
     let nacked = state
         .bus
         .nack(
