@@ -95,6 +95,8 @@ enabled = true
 "path.dlq" = "$queue.dlq"
 "path.queue" = "$queue"
 "path.group" = "$group"
+"path.exchange" = "amq.default"
+"path.routing_key" = "$queue"
 
 [[operations]]
 include-operation-id = ["publish", "publishRaw", "call"]

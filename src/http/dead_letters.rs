@@ -143,9 +143,6 @@ pub struct PatchJson {
     headers: Option<Map<String, Value>>,
 }
 
-
-
-
 /// The corrections given as `message`: only the fields present apply.
 pub(super) fn patch(fields: PatchJson) -> Result<Patch, Error> {
     let (body, ct, ce, headers) = (

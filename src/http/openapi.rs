@@ -195,7 +195,9 @@ fn rules(name: &str) -> Vec<(&'static str, Value)> {
     ]});
     match name {
         "ReplayJson" | "DiscardJson" => vec![("oneOf", selection)],
-        "JsonMessage" | "PatchJson" | "CallJson" | "ReplyJson" => vec![("allOf", json!([one_body]))],
+        "JsonMessage" | "PatchJson" | "CallJson" | "ReplyJson" => {
+            vec![("allOf", json!([one_body]))]
+        }
         "PublishJson" => vec![("allOf", json!([one_body, one_schedule]))],
         _ => vec![],
     }

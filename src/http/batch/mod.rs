@@ -22,8 +22,8 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use tokio::sync::OwnedSemaphorePermit;
+use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::body;
