@@ -5,7 +5,8 @@
 # is a test binary of its own: cargo runs test binaries one after another),
 # the deploy files' checks, and the cross-language examples. The auth tests
 # make their JWT keys with the openssl command (installed when missing).
-# Extra arguments go to `cargo test`.
+# After the Rust tests, scripts/schemathesis.sh checks the HTTP API against
+# its OpenAPI document. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/broker.sh
@@ -15,5 +16,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+scripts/schemathesis.sh
 deploy/check.sh
 examples/run-tests.sh

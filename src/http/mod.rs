@@ -1,4 +1,5 @@
-//! The HTTP transport: JSON, raw and batch publishing, health, readiness, metrics.
+//! The HTTP transport: JSON, raw and batch publishing, health, readiness,
+//! metrics, and the OpenAPI document of it all (`openapi.rs`).
 //!
 //! Like the gRPC layer it only translates: requests into bus calls, bus
 //! errors into `application/problem+json` responses.
@@ -9,6 +10,7 @@ pub mod body;
 mod cloudevents;
 mod dead_letters;
 mod host;
+pub mod openapi;
 mod ordered;
 mod problem;
 mod publish;
@@ -77,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -104,10 +107,25 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
+/// `GET /healthz`.
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    summary = "The process is alive",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String, example = "ok\n")),
+)]
 async fn healthz() -> impl IntoResponse {
     "ok\n"
 }
 
+/// `GET /readyz`.
+#[utoipa::path(
+    get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    summary = "Connected to the broker",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready\n"),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.bus.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
@@ -122,6 +140,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// `GET /metrics`.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    summary = "Prometheus metrics (text format)",
+    description = "Needs a credential only when auth is on and `auth.metrics_public` is false.",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, response = openapi::Unauthorized),
+    ),
+)]
 async fn metrics(State(state): State<AppState>, parts: axum::http::request::Parts) -> Response {
     if !state.bus.auth().metrics_public() {
         let credential = auth::credential(&parts, false);

@@ -7,37 +7,47 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::body::JsonOut;
 use super::dead_letters::{
-    partial, patch, select_request, selection, Discarded, ListParams, Replayed,
+    partial, patch, select_request, Discarded, DiscardJson, ListParams, Replayed, ReplayJson,
 };
 use super::problem::Problem;
 use super::AppState;
 use crate::bus::spool::{Dead, Status};
-use crate::bus::DeadLetterOutcome;
+use crate::bus::{DeadLetterOutcome, Selection};
 use crate::error::Error;
 
-/// `GET /v1/spool`.
-#[derive(Debug, Serialize)]
+/// The spool's state.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatusJson {
+    /// Always true: with the spool off, `GET /v1/spool` answers 404.
     enabled: bool,
+    /// Messages waiting to be forwarded.
     messages: u64,
+    /// Their bytes on disk.
     bytes: u64,
+    /// `spool.max_bytes`.
     max_bytes: u64,
+    /// Age of the oldest waiting message, in seconds (null when empty).
     oldest_seconds: Option<f64>,
+    /// Messages in the dead-letter spool.
     dead: u64,
     /// Whether Warren is connected to the broker (and so forwarding).
     broker_connected: bool,
 }
 
 /// One message of the dead-letter spool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeadJson {
+    /// The message's `message_id` (what a selection names).
     id: String,
     message: JsonOut,
+    /// Why the broker refused it on forwarding.
     reason: String,
+    /// Where it was published to.
     exchange: String,
     routing_key: String,
 }
@@ -55,12 +65,21 @@ impl From<Dead> for DeadJson {
 }
 
 /// The dead-letter spool's listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Listing {
     messages: Vec<DeadJson>,
 }
 
 /// `GET /v1/spool`: depth, bytes, age of the oldest, the dead-letter spool.
+#[utoipa::path(
+    get, path = "/v1/spool", operation_id = "spoolStatus", tag = "spool",
+    summary = "The spool's state",
+    responses(
+        (status = 200, description = "The spool's state", body = StatusJson),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn status(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -84,6 +103,17 @@ pub async fn status(
 }
 
 /// `GET /v1/spool/dead?limit=N`: without removing them.
+#[utoipa::path(
+    get, path = "/v1/spool/dead", operation_id = "listSpoolDead", tag = "spool",
+    summary = "Messages the broker refused on forwarding, oldest first, left in place",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The dead-letter spool", body = Listing),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn dead(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -98,15 +128,31 @@ pub async fn dead(
 
 /// `POST /v1/spool/dead/replay`: back into the spool (optionally corrected),
 /// to be forwarded again.
+#[utoipa::path(
+    post, path = "/v1/spool/dead/replay", operation_id = "replaySpoolDead", tag = "spool",
+    summary = "Send messages of the dead-letter spool back to the end of the spool, optionally corrected",
+    request_body(content((ReplayJson = "application/json"))),
+    responses(
+        (status = 200, description = "Back in the spool", body = Replayed),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 429, response = super::openapi::TooManyRequests),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Replayed>, Problem> {
-    let request = select_request(&state, &headers, body).await?;
-    let selection = selection(&request)?;
-    let patch = request.message.map(patch).transpose()?.unwrap_or_default();
+    let request: ReplayJson = select_request(&state, &headers, body).await?;
+    let (ids, all, message) = request.into_parts();
+    let selection = Selection::new(ids, all)?;
+    let patch = message.map(patch).transpose()?.unwrap_or_default();
     let outcome = state.bus.spool_replay(&caller, &selection, &patch).await?;
     let DeadLetterOutcome { done, missing, .. } = partial(outcome, "replayed")?;
     Ok(Json(Replayed {
@@ -116,17 +162,29 @@ pub async fn replay(
 }
 
 /// `POST /v1/spool/dead/discard`.
+#[utoipa::path(
+    post, path = "/v1/spool/dead/discard", operation_id = "discardSpoolDead", tag = "spool",
+    summary = "Remove messages of the dead-letter spool for good",
+    request_body(content((DiscardJson = "application/json"))),
+    responses(
+        (status = 200, description = "Discarded", body = Discarded),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn discard(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Discarded>, Problem> {
-    let request = select_request(&state, &headers, body).await?;
-    if request.message.is_some() {
-        return Err(Error::InvalidArgument("message belongs to replay".into()).into());
-    }
-    let selection = selection(&request)?;
+    let request: DiscardJson = select_request(&state, &headers, body).await?;
+    let (ids, all) = request.into_parts();
+    let selection = Selection::new(ids, all)?;
     let outcome = state.bus.spool_discard(&caller, &selection).await?;
     let DeadLetterOutcome { done, missing, .. } = partial(outcome, "discarded")?;
     Ok(Json(Discarded {

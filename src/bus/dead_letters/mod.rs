@@ -44,13 +44,33 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// How many dead letters a listing shows when the request says nothing.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
 /// Which dead letters an operation takes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// Those with these message ids.
     Ids(Vec<String>),
     /// All of them (up to the scan limit).
     All,
+}
+
+impl Selection {
+    /// The selection a request names: a non-empty list of `ids`, or `all`;
+    /// both, neither or an empty list are INVALID_ARGUMENT.
+    pub fn new(ids: Option<Vec<String>>, all: bool) -> Result<Self, Error> {
+        match (ids, all) {
+            (Some(_), true) => Err(Error::InvalidArgument(
+                "give either ids or all, not both".into(),
+            )),
+            (Some(ids), false) if !ids.is_empty() => Ok(Selection::Ids(ids)),
+            (None, true) => Ok(Selection::All),
+            _ => Err(Error::InvalidArgument(
+                "give ids (a non-empty list) or \"all\": true".into(),
+            )),
+        }
+    }
 }
 
 /// Corrections applied to replayed messages; `None` keeps the stored value.
@@ -64,14 +84,16 @@ pub struct Patch {
 }
 
 impl Patch {
-    /// Checks the corrections as a publish's fields would be checked.
-    pub fn check(&self, max_body_bytes: usize) -> Result<(), Error> {
+    /// Refuses corrections that could not be published: a body over
+    /// `max_body` bytes, Warren's own (`x-warren-`) headers, over-long
+    /// content type or encoding.
+    pub fn check(&self, max_body: usize) -> Result<(), Error> {
         if let Some(body) = &self.body {
-            if body.len() > max_body_bytes {
+            if body.len() > max_body {
                 return Err(Error::TooLarge {
                     what: "message body",
                     size: body.len(),
-                    limit: max_body_bytes,
+                    limit: max_body,
                 });
             }
         }
@@ -144,5 +166,46 @@ impl Bus {
         caller.permit(Access::Admin)?;
         let _pass = self.enter()?;
         self.dead_letters.discard(dlq, selection).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selection_is_some_ids_or_all() {
+        let ids = || Some(vec!["a".to_owned()]);
+        assert_eq!(
+            Selection::new(ids(), false).unwrap(),
+            Selection::Ids(vec!["a".into()])
+        );
+        assert_eq!(Selection::new(None, true).unwrap(), Selection::All);
+        for (ids, all) in [(None, false), (Some(vec![]), false), (ids(), true)] {
+            assert!(
+                matches!(
+                    Selection::new(ids.clone(), all),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{ids:?} {all}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrections_are_checked_like_publishes() {
+        let big = Patch {
+            body: Some(bytes::Bytes::from_static(b"12345")),
+            ..Default::default()
+        };
+        assert!(matches!(big.check(4), Err(Error::TooLarge { .. })));
+        assert!(big.check(5).is_ok());
+        let mut headers = Headers::new();
+        headers.insert("x-warren-attempt".into(), 1.into());
+        let own = Patch {
+            headers: Some(headers),
+            ..Default::default()
+        };
+        assert!(matches!(own.check(10), Err(Error::InvalidArgument(_))));
     }
 }
