@@ -11,6 +11,10 @@ use std::time::Duration;
 use common::proxy::Proxy;
 use common::{metric, problem, unique, Broker, Warren};
 use serde_json::{json, Value};
+use warren::proto::admin_client::AdminClient;
+use warren::proto::{
+    DiscardSpoolDeadRequest, GetSpoolRequest, ListSpoolDeadRequest, ReplaySpoolDeadRequest,
+};
 
 /// A Warren with the spool on, reaching the broker through `proxy`.
 async fn warren(proxy: &Proxy, extra: &[(&str, &str)]) -> (Warren, std::path::PathBuf) {
@@ -378,5 +382,96 @@ async fn without_the_spool_its_endpoints_are_not_found() {
     let (status, body) = problem(response).await;
     assert_eq!(status, 404, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("spool.enabled"));
+    let mut admin = AdminClient::connect(warren.grpc_addr.clone())
+        .await
+        .unwrap();
+    let off = admin.get_spool(GetSpoolRequest {}).await.unwrap_err();
+    assert_eq!(off.code(), tonic::Code::NotFound);
+    warren.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_service_sees_and_works_the_dead_letter_spool() {
+    let proxy = Proxy::to_broker().await;
+    let (warren, _dir) = warren(&proxy, &[]).await;
+    let http = reqwest::Client::new();
+    proxy.cut();
+    until_down(&warren).await;
+    let nowhere = unique("spool.admin.nowhere");
+    let (status, spooled) = publish(
+        &http,
+        &warren,
+        json!({"exchange": nowhere, "routing_key": "k", "body": "b", "allow_spool": true}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let mut admin = AdminClient::connect(warren.grpc_addr.clone())
+        .await
+        .unwrap();
+    let state = admin
+        .get_spool(GetSpoolRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((state.messages, state.broker_connected), (1, false));
+    proxy.restore();
+    let refused = async {
+        loop {
+            let listed = admin
+                .list_spool_dead(ListSpoolDeadRequest { limit: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(first) = listed.messages.first() {
+                return first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let dead = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("refused on forwarding");
+    assert_eq!(dead.id, spooled["message_id"].as_str().unwrap());
+    assert_eq!(dead.exchange, nowhere);
+    assert!(dead.reason.contains("not-found"), "{}", dead.reason);
+    // Bad selections: INVALID_ARGUMENT, nothing changed.
+    let empty = admin
+        .discard_spool_dead(DiscardSpoolDeadRequest {
+            ids: vec![],
+            all: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    let both = admin
+        .replay_spool_dead(ReplaySpoolDeadRequest {
+            ids: vec![dead.id.clone()],
+            all: true,
+            message: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), tonic::Code::InvalidArgument);
+    let too_many = admin
+        .list_spool_dead(ListSpoolDeadRequest { limit: 1_000_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    let discarded = admin
+        .discard_spool_dead(DiscardSpoolDeadRequest {
+            ids: vec![dead.id.clone()],
+            all: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(discarded.discarded, 1);
+    let state = admin
+        .get_spool(GetSpoolRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((state.messages, state.dead), (0, 0));
     warren.stop().await;
 }

@@ -31,18 +31,20 @@ impl Drop for Proc {
 /// The binary with the spool in `dir`, reaching the broker at `url`; its
 /// HTTP address once it listens.
 async fn spawn(dir: &Path, url: &str) -> (Proc, String) {
-    let mut child = Proc(Command::new(BIN)
-        .env("WARREN__AMQP__URL", url)
-        .env("WARREN__HTTP__LISTEN", "127.0.0.1:0")
-        .env("WARREN__GRPC__LISTEN", "127.0.0.1:0")
-        .env("WARREN__LOG__FORMAT", "json")
-        .env("WARREN__LOG__LEVEL", "info")
-        .env("WARREN__SPOOL__ENABLED", "true")
-        .env("WARREN__SPOOL__DIR", dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let mut child = Proc(
+        Command::new(BIN)
+            .env("WARREN__AMQP__URL", url)
+            .env("WARREN__HTTP__LISTEN", "127.0.0.1:0")
+            .env("WARREN__GRPC__LISTEN", "127.0.0.1:0")
+            .env("WARREN__LOG__FORMAT", "json")
+            .env("WARREN__LOG__LEVEL", "info")
+            .env("WARREN__SPOOL__ENABLED", "true")
+            .env("WARREN__SPOOL__DIR", dir)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.0.stderr.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {

@@ -285,7 +285,10 @@ pub async fn discard(
 
 /// An operation stopped by a failure part-way: the failure's problem, with
 /// how many messages were done before it (`replayed` / `discarded`).
-pub(super) fn partial(outcome: DeadLetterOutcome, done: &str) -> Result<DeadLetterOutcome, Problem> {
+pub(super) fn partial(
+    outcome: DeadLetterOutcome,
+    done: &str,
+) -> Result<DeadLetterOutcome, Problem> {
     match outcome.stopped {
         Some(e) => Err(Problem::from(e).with(done, outcome.done)),
         None => Ok(outcome),

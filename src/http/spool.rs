@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::auth::Authenticated;
 use super::body::JsonOut;
 use super::dead_letters::{
-    partial, patch, select_request, Discarded, DiscardJson, ListParams, Replayed, ReplayJson,
+    partial, patch, select_request, DiscardJson, Discarded, ListParams, ReplayJson, Replayed,
 };
 use super::problem::Problem;
 use super::AppState;
