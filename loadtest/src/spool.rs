@@ -85,6 +85,8 @@ pub struct Round {
     /// Messages forwarded per second once the broker was back.
     forwarded_per_s: f64,
     spooled: u64,
+    /// Spooled messages per durable commit (fsync).
+    per_commit: f64,
     errors: Vec<String>,
 }
 
@@ -142,8 +144,10 @@ async fn rounds(
         let (confirmed, mut errors) = publish(&grpc, &queue, size, concurrency, args, false).await;
         relay.set(false);
         ready(&http, warren, false).await?;
+        let commits = metric(&http, warren, "warren_spool_commits").await?;
         let (spooled, spool_errors) = publish(&grpc, &queue, size, concurrency, args, true).await;
         errors.extend(spool_errors);
+        let commits = metric(&http, warren, "warren_spool_commits").await? - commits;
         let waiting = depth(&http, warren).await?;
         relay.set(true);
         let back = Instant::now();
@@ -163,6 +167,7 @@ async fn rounds(
             ratio: spooled / confirmed,
             forwarded_per_s,
             spooled: waiting,
+            per_commit: waiting as f64 / commits.max(1.0),
             errors,
         });
         channel
@@ -254,18 +259,32 @@ async fn depth(http: &reqwest::Client, warren: &Warren) -> anyhow::Result<u64> {
         .context("GET /v1/spool: is Warren's spool on?")
 }
 
+/// A metric's value off `/metrics`.
+async fn metric(http: &reqwest::Client, warren: &Warren, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{}/metrics", warren.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics"))
+}
+
 fn table(rows: &[Round]) -> String {
     let mut out =
         String::from("round  confirmed/s  spooled/s  spooled÷confirmed  forwarded/s  spooled\n");
     for (i, r) in rows.iter().enumerate() {
         out += &format!(
-            "{:>5}  {:>11.0}  {:>9.0}  {:>17.2}  {:>11.0}  {:>7}\n",
+            "{:>5}  {:>11.0}  {:>9.0}  {:>17.2}  {:>11.0}  {:>7}  {:>9.1}\n",
             i + 1,
             r.confirmed_per_s,
             r.spooled_per_s,
             r.ratio,
             r.forwarded_per_s,
-            r.spooled
+            r.spooled,
+            r.per_commit
         );
         for e in &r.errors {
             out += &format!("       error: {e}\n");
