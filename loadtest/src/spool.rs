@@ -82,11 +82,13 @@ pub struct Round {
     spooled_per_s: f64,
     /// spooled / confirmed.
     ratio: f64,
-    /// Messages forwarded per second once the broker was back.
+    /// Messages forwarded per second once Warren was ready again.
     forwarded_per_s: f64,
     spooled: u64,
     /// Spooled messages per durable commit (fsync).
     per_commit: f64,
+    /// From the relay restored to Warren ready again, in seconds.
+    reconnect_s: f64,
     errors: Vec<String>,
 }
 
@@ -150,6 +152,11 @@ async fn rounds(
         let commits = metric(&http, warren, "warren_spool_commits").await? - commits;
         let waiting = depth(&http, warren).await?;
         relay.set(true);
+        let restored = Instant::now();
+        // Warren reconnects on its own backoff (up to 5 s after a long
+        // outage); forwarding is timed from when it is ready again.
+        ready(&http, warren, true).await?;
+        let reconnect_s = restored.elapsed().as_secs_f64();
         let back = Instant::now();
         loop {
             if depth(&http, warren).await? == 0 {
@@ -167,6 +174,7 @@ async fn rounds(
             ratio: spooled / confirmed,
             forwarded_per_s,
             spooled: waiting,
+            reconnect_s,
             per_commit: waiting as f64 / commits.max(1.0),
             errors,
         });
@@ -273,18 +281,19 @@ async fn metric(http: &reqwest::Client, warren: &Warren, name: &str) -> anyhow::
 }
 
 fn table(rows: &[Round]) -> String {
-    let mut out =
-        String::from("round  confirmed/s  spooled/s  spooled÷confirmed  forwarded/s  spooled\n");
+    let mut out = String::from(
+        "round  confirmed/s  spooled/s  spooled/confirmed  per fsync  reconnect s  forwarded/s\n",
+    );
     for (i, r) in rows.iter().enumerate() {
         out += &format!(
-            "{:>5}  {:>11.0}  {:>9.0}  {:>17.2}  {:>11.0}  {:>7}  {:>9.1}\n",
+            "{:>5}  {:>11.0}  {:>9.0}  {:>17.2}  {:>9.1}  {:>11.1}  {:>11.0}\n",
             i + 1,
             r.confirmed_per_s,
             r.spooled_per_s,
             r.ratio,
+            r.per_commit,
+            r.reconnect_s,
             r.forwarded_per_s,
-            r.spooled,
-            r.per_commit
         );
         for e in &r.errors {
             out += &format!("       error: {e}\n");
@@ -293,7 +302,7 @@ fn table(rows: &[Round]) -> String {
     let mut ratios: Vec<f64> = rows.iter().map(|r| r.ratio).collect();
     ratios.sort_by(f64::total_cmp);
     if let Some(median) = ratios.get(ratios.len() / 2) {
-        out += &format!("median spooled÷confirmed: {median:.2}\n");
+        out += &format!("median spooled/confirmed: {median:.2}\n");
     }
     out
 }
