@@ -2,9 +2,10 @@
 # Property-based tests of the HTTP API against its own OpenAPI document:
 # starts a Warren (the built binary, a configuration of its own in a temp
 # directory: a queue with its dead-letter queue, an ordered group, auth on
-# with an admin client) against the local broker and runs
-#   schemathesis run http://127.0.0.1:PORT/openapi.json --checks all
-# with a bounded number of examples per operation. Fails on any failure: a
+# with an admin client) against the local broker, fetches its
+# /openapi.json and runs schemathesis on it with every check (as
+# `--checks all`, set in its config file) and a bounded number of examples
+# per operation. Fails on any failure: a
 # 5xx, or a response (status, content type, headers, body) that contradicts
 # the document, or a request the document calls invalid that Warren accepts.
 #
@@ -119,8 +120,10 @@ curl -fsS "http://127.0.0.1:$http_port/readyz" >/dev/null || { cat "$dir/warren.
 # Excluded: GET /v1/subscribe/{queue}, a Server-Sent Events stream that does
 # not end while the queue exists (schemathesis would wait on it forever).
 status=0
+# (The document needs the credential too, with auth on.)
+curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$http_port/openapi.json" >"$dir/openapi.json"
 timeout "${SCHEMATHESIS_TIMEOUT:-900}" "$venv/bin/schemathesis" --config-file "$dir/schemathesis.toml" run \
-  "http://127.0.0.1:$http_port/openapi.json" \
+  "$dir/openapi.json" --url "http://127.0.0.1:$http_port" \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" \
   --exclude-operation-id subscribe \
   --header "Authorization: Bearer $token" \

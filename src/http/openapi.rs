@@ -23,6 +23,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use super::auth::Authenticated;
+
 /// Problem responses, one component each, referred to by the handlers'
 /// `responses(...)`.
 macro_rules! problems {
@@ -283,8 +285,14 @@ fn merged(schema: &Value, schemas: &Value) -> Value {
 #[utoipa::path(
     get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
     summary = "This document (OpenAPI 3.1)",
+    description = "Like every endpoint but health, readiness and (public) metrics, it needs a \
+        credential when auth is on (any client's; no permission is asked).",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)),
+    security(("bearer" = [])),
 )]
-pub async fn document(State(state): State<super::AppState>) -> impl IntoResponse {
+pub async fn document(
+    State(state): State<super::AppState>,
+    Authenticated(_): Authenticated,
+) -> impl IntoResponse {
     Json(openapi(state.bus.config()))
 }
