@@ -205,8 +205,30 @@ fn rules(name: &str) -> Vec<(&'static str, Value)> {
     }
 }
 
+/// Request bodies that may be left out (utoipa writes `Option<T>` as a
+/// nullable body instead): a raw publish's (an empty message), a retry's
+/// (no correction).
+const OPTIONAL_BODIES: &[&str] = &[
+    "/v1/publish/{exchange}/{routing_key}",
+    "/v1/ordered/{group}/blocked/{key}/retry",
+];
+
 /// The additions after generation (see the module's doc).
 fn finish(mut doc: Value) -> Value {
+    for path in OPTIONAL_BODIES {
+        doc["paths"][path]["post"]["requestBody"]["required"] = json!(false);
+    }
+    // A raw body is bytes of any type: no schema describes it (utoipa has
+    // no way to say so).
+    if let Some(raw) = doc["paths"]["/v1/publish/{exchange}/{routing_key}"]["post"]["requestBody"]
+        ["content"]["*/*"]
+        .as_object_mut()
+    {
+        raw.remove("schema");
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.remove("RawBody");
+    }
     let schemas = doc["components"]["schemas"].clone();
     if let Some(map) = doc["components"]["schemas"].as_object_mut() {
         for (name, schema) in map.iter_mut() {

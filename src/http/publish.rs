@@ -283,6 +283,12 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
     })
 }
 
+/// A raw publish's body: any bytes (for the OpenAPI document, whose
+/// `finish` leaves it without a schema).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawBody(#[allow(dead_code)] Vec<u8>);
+
 /// `POST /v1/publish/{exchange}/{routing_key}`: the body as is.
 #[utoipa::path(
     post, path = "/v1/publish/{exchange}/{routing_key}", operation_id = "publishRaw", tag = "publish",
@@ -310,7 +316,7 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
             description = "The named publisher (its own channel, in order) to publish on"),
         ("x-request-id" = Option<String>, Header, description = "Echoed as `request_id`"),
     ),
-    request_body(content((Vec<u8> = "*/*")), description = "The message body"),
+    request_body(content((RawBody = "*/*")), description = "The message body, any bytes (none: an empty one)"),
     responses(
         (status = 200, description = "Confirmed by the broker", body = Published),
         (status = 400, response = super::openapi::BadRequest),
