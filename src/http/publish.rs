@@ -232,19 +232,25 @@ fn text(headers: &HeaderMap, name: &str) -> Result<String, Error> {
     }
 }
 
+/// A number header; absent is the default, present it must be a number
+/// (an empty value too is refused: it is not the number the document says).
 fn number<T: std::str::FromStr + Default>(headers: &HeaderMap, name: &str) -> Result<T, Error> {
-    let value = text(headers, name)?;
-    if value.is_empty() {
+    if !headers.contains_key(name) {
         return Ok(T::default());
     }
-    value.parse().map_err(|_| {
+    let value = text(headers, name)?;
+    value.trim().parse().map_err(|_| {
         Error::InvalidArgument(format!("header {name}: {value:?} is not a valid number"))
     })
 }
 
+/// A boolean header: absent is false, present `true`/`1` or `false`/`0`.
 fn flag(headers: &HeaderMap, name: &str) -> Result<bool, Error> {
-    match text(headers, name)?.to_ascii_lowercase().as_str() {
-        "" | "false" | "0" => Ok(false),
+    if !headers.contains_key(name) {
+        return Ok(false);
+    }
+    match text(headers, name)?.trim().to_ascii_lowercase().as_str() {
+        "false" | "0" => Ok(false),
         "true" | "1" => Ok(true),
         other => Err(Error::InvalidArgument(format!(
             "header {name}: {other:?} is not true or false"
