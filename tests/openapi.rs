@@ -232,6 +232,23 @@ async fn answers_match_their_schemas() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // A correction names only what can be corrected (as gRPC's MessagePatch).
+    let response = http
+        .post(warren.url(&format!("/v1/dead-letters/{queue}.dlq/replay")))
+        .json(&json!({"all": true, "message": {"message_id": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // A numeric header that is there holds a number.
+    let response = http
+        .post(warren.url(&format!("/v1/publish/amq.default/{queue}")))
+        .header("x-warren-priority", "")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
     // An array is not a request object.
     let response = http
         .post(warren.url("/v1/nack"))
