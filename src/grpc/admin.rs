@@ -1,6 +1,7 @@
-//! `warren.v1.Admin`: the operators' dead-letter, queue and blocked-key
-//! operations over gRPC, calling the same bus functions as the HTTP
-//! endpoints (`http/dead_letters.rs`, `http/queues.rs`, `http/ordered.rs`),
+//! `warren.v1.Admin`: the operators' dead-letter, queue, blocked-key and
+//! spool operations over gRPC, calling the same bus functions as the HTTP
+//! endpoints (`http/dead_letters.rs`, `http/queues.rs`, `http/ordered.rs`,
+//! `http/spool.rs`),
 //! which decide permissions and validity.
 
 use std::sync::Arc;
@@ -244,7 +245,75 @@ impl proto::admin_server::Admin for Service {
         }))
     }
 
-    // The spool's operations (`GET /v1/spool`, `/v1/spool/dead`, replay and
-    // discard) go here, beside their rpcs in admin.proto, calling the same
-    // bus functions as `http/spool.rs`.
+    async fn get_spool(
+        &self,
+        request: Request<proto::GetSpoolRequest>,
+    ) -> Result<Response<proto::SpoolState>, Status> {
+        let caller = caller(&self.bus, &request).await?;
+        let s = grpc(self.bus.spool_status(&caller).await)?;
+        Ok(Response::new(proto::SpoolState {
+            messages: s.messages,
+            bytes: s.bytes,
+            max_bytes: s.max_bytes,
+            oldest_seconds: s.oldest_seconds,
+            dead: s.dead,
+            broker_connected: self.bus.is_ready(),
+        }))
+    }
+
+    async fn list_spool_dead(
+        &self,
+        request: Request<proto::ListSpoolDeadRequest>,
+    ) -> Result<Response<proto::ListSpoolDeadResponse>, Status> {
+        let caller = caller(&self.bus, &request).await?;
+        let limit = match request.get_ref().limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n as usize,
+        };
+        let dead = grpc(self.bus.spool_dead(&caller, limit).await)?;
+        Ok(Response::new(proto::ListSpoolDeadResponse {
+            messages: dead.into_iter().map(spool_dead).collect(),
+        }))
+    }
+
+    async fn replay_spool_dead(
+        &self,
+        request: Request<proto::ReplaySpoolDeadRequest>,
+    ) -> Result<Response<proto::ReplayDeadLettersResponse>, Status> {
+        let caller = caller(&self.bus, &request).await?;
+        let r = request.into_inner();
+        let selection = selection(r.ids, r.all)?;
+        let patch = patch(r.message)?;
+        let outcome = grpc(self.bus.spool_replay(&caller, &selection, &patch).await)?;
+        let outcome = partial(outcome, "replayed")?;
+        Ok(Response::new(proto::ReplayDeadLettersResponse {
+            replayed: outcome.done,
+            missing: outcome.missing,
+        }))
+    }
+
+    async fn discard_spool_dead(
+        &self,
+        request: Request<proto::DiscardSpoolDeadRequest>,
+    ) -> Result<Response<proto::DiscardDeadLettersResponse>, Status> {
+        let caller = caller(&self.bus, &request).await?;
+        let r = request.into_inner();
+        let selection = selection(r.ids, r.all)?;
+        let outcome = grpc(self.bus.spool_discard(&caller, &selection).await)?;
+        let outcome = partial(outcome, "discarded")?;
+        Ok(Response::new(proto::DiscardDeadLettersResponse {
+            discarded: outcome.done,
+            missing: outcome.missing,
+        }))
+    }
+}
+
+fn spool_dead(d: crate::bus::spool::Dead) -> proto::SpoolDeadMessage {
+    proto::SpoolDeadMessage {
+        id: d.id,
+        reason: d.reason,
+        exchange: d.publish.exchange,
+        routing_key: d.publish.routing_key,
+        message: Some(convert::to_proto(d.publish.message)),
+    }
 }

@@ -151,6 +151,7 @@ pub fn publish(r: proto::PublishRequest) -> Result<Publish, Error> {
             delay_ms: r.delay_ms,
             deliver_at_ms: r.deliver_at_ms,
         },
+        allow_spool: r.allow_spool,
     })
 }
 

@@ -87,12 +87,14 @@ fn response(request_id: String, result: Result<Confirmed, Error>) -> proto::Publ
             code: code::OK,
             error: String::new(),
             message_id: confirmed.message_id,
+            spooled: confirmed.spooled,
         },
         Err(e) => proto::PublishResponse {
             request_id,
             code: e.code(),
             error: e.to_string(),
             message_id: String::new(),
+            spooled: false,
         },
     }
 }

@@ -25,7 +25,7 @@ pub struct ListParams {
     /// At most this many (default 100, at most `dead_letters.max_list`).
     #[serde(default = "default_limit")]
     #[param(default = 100, minimum = 0)]
-    limit: usize,
+    pub(super) limit: usize,
 }
 
 fn default_limit() -> usize {
@@ -108,6 +108,20 @@ pub struct ReplayJson {
     message: Option<PatchJson>,
 }
 
+impl ReplayJson {
+    /// Its ids, `all` and corrections.
+    pub(super) fn into_parts(self) -> (Option<Vec<String>>, bool, Option<PatchJson>) {
+        (self.ids, self.all, self.message)
+    }
+}
+
+impl DiscardJson {
+    /// Its ids and `all`.
+    pub(super) fn into_parts(self) -> (Option<Vec<String>>, bool) {
+        (self.ids, self.all)
+    }
+}
+
 /// The body of a discard: `ids` (a non-empty list) or `all`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -171,22 +185,22 @@ pub(super) fn patch(fields: PatchJson) -> Result<Patch, Error> {
 /// What a replay did.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Replayed {
-    replayed: u32,
+    pub(super) replayed: u32,
     /// Requested ids that were not in the dead-letter queue.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    missing: Vec<String>,
+    pub(super) missing: Vec<String>,
 }
 
 /// What a discard did.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Discarded {
-    discarded: u32,
+    pub(super) discarded: u32,
     /// Requested ids that were not in the dead-letter queue.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    missing: Vec<String>,
+    pub(super) missing: Vec<String>,
 }
 
-async fn select_request<T: serde::de::DeserializeOwned>(
+pub(super) async fn select_request<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
@@ -271,7 +285,10 @@ pub async fn discard(
 
 /// An operation stopped by a failure part-way: the failure's problem, with
 /// how many messages were done before it (`replayed` / `discarded`).
-fn partial(outcome: DeadLetterOutcome, done: &str) -> Result<DeadLetterOutcome, Problem> {
+pub(super) fn partial(
+    outcome: DeadLetterOutcome,
+    done: &str,
+) -> Result<DeadLetterOutcome, Problem> {
     match outcome.stopped {
         Some(e) => Err(Problem::from(e).with(done, outcome.done)),
         None => Ok(outcome),

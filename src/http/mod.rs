@@ -16,6 +16,7 @@ mod problem;
 mod publish;
 mod queues;
 mod rpc;
+mod spool;
 mod subscribe;
 
 use std::sync::Arc;
@@ -71,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}", get(queues::show))
         .route("/v1/queues/{queue}/pause", post(queues::pause))
         .route("/v1/queues/{queue}/resume", post(queues::resume))
+        .route("/v1/spool", get(spool::status))
+        .route("/v1/spool/dead", get(spool::dead))
+        .route("/v1/spool/dead/replay", post(spool::replay))
+        .route("/v1/spool/dead/discard", post(spool::discard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -125,7 +130,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.bus.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        Problem::from(Error::unavailable("not connected to the broker")).into_response()
+        // Truthful: taking publishes into the spool is not being connected.
+        let reason = if state.bus.config().spool.enabled {
+            "not connected to the broker (publishes that allow it are being spooled)"
+        } else {
+            "not connected to the broker"
+        };
+        Problem::from(Error::unavailable(reason)).into_response()
     }
 }
 

@@ -102,6 +102,10 @@ problems! {
         super::queues::show,
         super::queues::pause,
         super::queues::resume,
+        super::spool::status,
+        super::spool::dead,
+        super::spool::replay,
+        super::spool::discard,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -123,6 +127,7 @@ problems! {
         (name = "dead letters", description = "Operators: list, replay, discard (admin)"),
         (name = "ordered", description = "Operators: blocked keys of ordered groups (admin)"),
         (name = "queues", description = "Operators: queues, pause and resume (admin)"),
+        (name = "spool", description = "Operators: the spool and its dead letters (admin)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     ),
 )]

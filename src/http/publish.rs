@@ -2,7 +2,9 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,7 +15,7 @@ use super::body::{self, JsonMessage};
 use super::problem::Problem;
 use super::AppState;
 use crate::auth::Caller;
-use crate::bus::{Publish, Schedule};
+use crate::bus::{Confirmed, Publish, Schedule};
 use crate::error::Error;
 use crate::message::Message;
 
@@ -47,6 +49,10 @@ pub struct PublishJson {
     #[serde(default, deserialize_with = "body::whole::deserialize")]
     #[schema(minimum = 0)]
     deliver_at_ms: i64,
+    /// Whether it may be spooled while the broker cannot be reached (unset:
+    /// the `x-warren-allow-spool` header, else `spool.default`).
+    #[serde(default)]
+    allow_spool: Option<bool>,
     #[serde(flatten)]
     message: JsonMessage,
 }
@@ -68,19 +74,59 @@ impl PublishJson {
                     delay_ms: self.delay_ms,
                     deliver_at_ms: self.deliver_at_ms,
                 },
+                allow_spool: match self.allow_spool {
+                    Some(allow) => Some(allow),
+                    None => allow_spool(headers)?,
+                },
             })
         })();
         (self.request_id, publish)
     }
 }
 
-/// What a confirmed publish answers.
+/// What a confirmed publish answers: 200, or 202 with `spooled` when the
+/// spool took it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Published {
     /// The id the message was published with (assigned when absent).
     message_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     request_id: String,
+    /// Written to the spool (202), not yet confirmed by the broker.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spooled: bool,
+}
+
+impl Published {
+    fn new(confirmed: Confirmed, request_id: String) -> Self {
+        Self {
+            message_id: confirmed.message_id,
+            request_id,
+            spooled: confirmed.spooled,
+        }
+    }
+}
+
+impl IntoResponse for Published {
+    fn into_response(self) -> Response {
+        let status = if self.spooled {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        (status, Json(self)).into_response()
+    }
+}
+
+/// The header that allows (or not) a publish into the spool.
+pub const ALLOW_SPOOL_HEADER: &str = "x-warren-allow-spool";
+
+/// What `x-warren-allow-spool` says, when present.
+fn allow_spool(headers: &HeaderMap) -> Result<Option<bool>, Error> {
+    match headers.contains_key(ALLOW_SPOOL_HEADER) {
+        true => flag(headers, ALLOW_SPOOL_HEADER).map(Some),
+        false => Ok(None),
+    }
 }
 
 fn publisher_name(headers: &HeaderMap) -> Result<Option<String>, Error> {
@@ -99,13 +145,12 @@ async fn publish(
     caller: &Caller,
     headers: &HeaderMap,
     publish: Publish,
-) -> Result<String, Error> {
+) -> Result<Confirmed, Error> {
     let name = publisher_name(headers)?;
-    Ok(state
+    state
         .bus
         .publish_unary(caller, name.as_deref(), publish)
-        .await?
-        .message_id)
+        .await
 }
 
 /// Where a CloudEvent goes: `?exchange=&routing_key=` (and
@@ -130,7 +175,7 @@ async fn cloudevent(
     headers: &HeaderMap,
     target: Target,
     body: Body,
-) -> Result<Json<Published>, Problem> {
+) -> Result<Published, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
     let mut message = if super::cloudevents::is_binary(headers) {
         let buffered = body::read(&state.limits, headers, body, max).await?;
@@ -151,13 +196,11 @@ async fn cloudevent(
         message,
         mandatory: !target.allow_unroutable,
         ordering_key: text(headers, "x-warren-ordering-key")?,
+        allow_spool: allow_spool(headers)?,
         ..Default::default()
     };
-    let message_id = publish(state, caller, headers, request).await?;
-    Ok(Json(Published {
-        message_id,
-        request_id: text(headers, "x-request-id")?,
-    }))
+    let confirmed = publish(state, caller, headers, request).await?;
+    Ok(Published::new(confirmed, text(headers, "x-request-id")?))
 }
 
 /// `POST /v1/publish`: the JSON envelope, or a CloudEvent.
@@ -174,6 +217,8 @@ async fn cloudevent(
         Target,
         ("x-warren-publisher" = Option<String>, Header, min_length = 1, max_length = 128,
             description = "The named publisher (its own channel, in order) to publish on"),
+        ("x-warren-allow-spool" = Option<bool>, Header,
+            description = "Allow the spool while the broker cannot be reached (`allow_spool` in the JSON wins)"),
     ),
     request_body(content(
         (PublishJson = "application/json"),
@@ -181,6 +226,7 @@ async fn cloudevent(
     )),
     responses(
         (status = 200, description = "Confirmed by the broker", body = Published),
+        (status = 202, description = "Written to the spool (the broker could not be reached; `spooled` is true), forwarded once it is back", body = Published),
         (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
         (status = 408, response = super::openapi::RequestTimeout),
@@ -199,7 +245,7 @@ pub async fn json(
     target: Result<Query<Target>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Published>, Problem> {
+) -> Result<Published, Problem> {
     let Query(target) = target.map_err(|e| Error::InvalidArgument(e.body_text()))?;
     if super::cloudevents::is_binary(&headers) || super::cloudevents::is_structured(&headers) {
         return cloudevent(&state, &caller, &headers, target, body).await;
@@ -215,11 +261,8 @@ pub async fn json(
     let (request, _buffered): (PublishJson, _) =
         body::read_json(&state.limits, &headers, body, body::json_limit(max)).await?;
     let (request_id, publish_request) = request.into_publish(&headers);
-    let message_id = publish(&state, &caller, &headers, publish_request?).await?;
-    Ok(Json(Published {
-        message_id,
-        request_id,
-    }))
+    let confirmed = publish(&state, &caller, &headers, publish_request?).await?;
+    Ok(Published::new(confirmed, request_id))
 }
 
 fn text(headers: &HeaderMap, name: &str) -> Result<String, Error> {
@@ -321,10 +364,13 @@ pub struct RawBody(#[allow(dead_code)] Vec<u8>);
         ("x-warren-publisher" = Option<String>, Header, min_length = 1, max_length = 128,
             description = "The named publisher (its own channel, in order) to publish on"),
         ("x-request-id" = Option<String>, Header, description = "Echoed as `request_id`"),
+        ("x-warren-allow-spool" = Option<bool>, Header,
+            description = "Allow the spool while the broker cannot be reached"),
     ),
     request_body(content((RawBody = "*/*")), description = "The message body, any bytes (none: an empty one)"),
     responses(
         (status = 200, description = "Confirmed by the broker", body = Published),
+        (status = 202, description = "Written to the spool (the broker could not be reached; `spooled` is true), forwarded once it is back", body = Published),
         (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
         (status = 408, response = super::openapi::RequestTimeout),
@@ -342,7 +388,7 @@ pub async fn raw(
     Path((exchange, routing_key)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Published>, Problem> {
+) -> Result<Published, Problem> {
     let max = state.bus.config().publish.max_body_bytes;
     let buffered = body::read(&state.limits, &headers, body, max).await?;
     let mut message = raw_message(&headers, bytes::Bytes::clone(&buffered))?;
@@ -362,10 +408,8 @@ pub async fn raw(
             delay_ms: number(&headers, "x-warren-delay-ms")?,
             deliver_at_ms: number(&headers, "x-warren-deliver-at-ms")?,
         },
+        allow_spool: allow_spool(&headers)?,
     };
-    let message_id = publish(&state, &caller, &headers, publish_request).await?;
-    Ok(Json(Published {
-        message_id,
-        request_id: text(&headers, "x-request-id")?,
-    }))
+    let confirmed = publish(&state, &caller, &headers, publish_request).await?;
+    Ok(Published::new(confirmed, text(&headers, "x-request-id")?))
 }

@@ -46,6 +46,9 @@ pub struct Outcome {
     error: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     request_id: String,
+    /// Written to the spool, not yet confirmed by the broker.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spooled: bool,
 }
 
 impl Outcome {
@@ -56,12 +59,14 @@ impl Outcome {
                 code: code::OK,
                 error: String::new(),
                 request_id,
+                spooled: confirmed.spooled,
             },
             Err(e) => Self {
                 message_id: String::new(),
                 code: e.code(),
                 error: e.to_string(),
                 request_id,
+                spooled: false,
             },
         }
     }
