@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Property-based tests of the HTTP API against its own OpenAPI document:
 # starts a Warren (the built binary, a configuration of its own in a temp
-# directory: a queue with its dead-letter queue, an ordered group, auth on
-# with an admin client) against the local broker, fetches its
+# directory: a queue with its dead-letter queue, an ordered group, the
+# spool, auth on with an admin client) against the local broker, fetches its
 # /openapi.json and runs schemathesis on it with every check (as
 # `--checks all`, set in its config file) and a bounded number of examples
 # per operation. Fails on any failure: a
@@ -60,6 +60,10 @@ arguments = { "x-expires" = 600000 }
 [[ordered]]
 name = "$group"
 partitions = 1
+
+[spool]
+enabled = true
+dir = "$dir/spool"
 
 [auth]
 enabled = true

@@ -170,12 +170,15 @@ pub fn openapi(config: &crate::config::Config) -> Value {
     let doc = serde_json::to_value(Doc::openapi()).expect("the document serializes");
     let mut doc = finish(doc);
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
-    let limit = &mut doc["paths"]["/v1/dead-letters/{dlq}"]["get"]["parameters"];
-    if let Some(limit) = limit
-        .as_array_mut()
-        .and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit"))
-    {
-        limit["schema"]["maximum"] = json!(config.dead_letters.max_list);
+    // Listings of dead letters, the broker's or the spool's.
+    for path in ["/v1/dead-letters/{dlq}", "/v1/spool/dead"] {
+        let parameters = &mut doc["paths"][path]["get"]["parameters"];
+        if let Some(limit) = parameters
+            .as_array_mut()
+            .and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit"))
+        {
+            limit["schema"]["maximum"] = json!(config.dead_letters.max_list);
+        }
     }
     doc
 }
