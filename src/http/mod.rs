@@ -7,6 +7,7 @@ pub mod auth;
 mod batch;
 pub mod body;
 mod cloudevents;
+mod console;
 mod dead_letters;
 mod host;
 mod ordered;
@@ -69,6 +70,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}", get(queues::show))
         .route("/v1/queues/{queue}/pause", post(queues::pause))
         .route("/v1/queues/{queue}/resume", post(queues::resume))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::file))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
