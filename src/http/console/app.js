@@ -22,14 +22,17 @@ const queues = queuesPage({
   },
 });
 
+// `#page/arg?name=value`: the page, its queue or group, options.
 function route() {
-  const [page, ...rest] = location.hash.replace(/^#/, '').split('/');
+  const [path, query] = location.hash.replace(/^#/, '').split('?');
+  const [page, ...rest] = path.split('/');
   const arg = rest.length ? decodeURIComponent(rest.join('/')) : undefined;
-  return [['queues', 'dead-letters', 'ordered', 'spool'].includes(page) ? page : 'queues', arg];
+  const known = ['queues', 'dead-letters', 'ordered', 'spool'].includes(page);
+  return [known ? page : 'queues', arg, new URLSearchParams(query || '')];
 }
 
 async function show() {
-  const [page, arg] = route();
+  const [page, arg, options] = route();
   for (const section of document.querySelectorAll('main > section')) {
     section.hidden = section.dataset.page !== page;
   }
@@ -42,7 +45,7 @@ async function show() {
   queues.hide();
   // The other pages pick their queue from the listing: have one first.
   if (!known.length) await queues.refresh({ clear: true });
-  if (page === 'dead-letters') { dead.queues(known, arg); await dead.show(arg); }
+  if (page === 'dead-letters') { dead.queues(known, arg); await dead.show(arg, options); }
   if (page === 'ordered') { ordered.queues(known, arg); await ordered.show(arg); }
   if (page === 'spool') await spool.show();
 }

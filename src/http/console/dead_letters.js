@@ -4,7 +4,7 @@
 // discard one or the selected.
 
 import { api, enc, run } from './api.js';
-import { $, el, notify, plural } from './dom.js';
+import { $, el, loaded, notify, plural } from './dom.js';
 import { letterList } from './letters.js';
 
 export function deadLetters() {
@@ -18,7 +18,7 @@ export function deadLetters() {
     const n = Math.max(1, Math.min(1000, Number(limit.value) || 100));
     const answer = await api('GET', `/v1/dead-letters/${enc(dlq)}?limit=${n}`);
     list.render(answer.messages || []);
-    document.body.dataset.loaded = `dead-letters:${dlq}:${(answer.messages || []).length}`;
+    loaded(`dead-letters:${dlq}:${(answer.messages || []).length}`);
   }, { clear });
 
   const list = letterList({
@@ -59,8 +59,10 @@ export function deadLetters() {
       if (!same) select.replaceChildren(...names.map((n) => el('option', { value: n }, n)));
       if (current && names.includes(current)) select.value = current;
     },
-    async show(wanted) {
-      if (wanted && wanted !== dlq) { select.value = wanted; await load(); }
+    async show(wanted, options) {
+      const n = options?.get('limit');
+      if (n) limit.value = n;
+      if (wanted && (wanted !== dlq || n)) { select.value = wanted; await load(); }
       else if (!dlq && select.value) await load();
     },
   };

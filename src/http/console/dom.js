@@ -78,3 +78,11 @@ export async function confirmAction(text, action = 'Confirm') {
 export function plural(n, word) {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
+
+// Marks what a page has just shown (`body[data-loaded]`, and a performance
+// mark once the browser has laid it out and is free again): what tests and
+// measurements wait for.
+export function loaded(what) {
+  document.body.dataset.loaded = what;
+  requestAnimationFrame(() => setTimeout(() => performance.mark(`console:${what}`), 0));
+}

@@ -4,7 +4,7 @@
 // it; either way the key's waiting messages follow in order.
 
 import { api, enc, run } from './api.js';
-import { $, confirmAction, el, notify, plural } from './dom.js';
+import { $, confirmAction, el, loaded, notify, plural } from './dom.js';
 import { editMessage, messageView } from './message.js';
 
 export function orderedPage() {
@@ -18,7 +18,7 @@ export function orderedPage() {
     if (!group) { render([]); return; }
     const answer = await api('GET', `/v1/ordered/${enc(group)}/blocked`);
     render(answer.blocked || []);
-    document.body.dataset.loaded = `ordered:${group}:${blocked.length}`;
+    loaded(`ordered:${group}:${blocked.length}`);
   }, { clear });
 
   const render = (next) => {

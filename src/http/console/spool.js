@@ -4,7 +4,7 @@
 // corrected) or discarded like dead letters.
 
 import { api, ApiError, run } from './api.js';
-import { $, clearNotice, el, notify, plural, showError } from './dom.js';
+import { $, clearNotice, el, loaded, notify, plural, showError } from './dom.js';
 import { letterList } from './letters.js';
 
 function bytes(n) {
@@ -59,7 +59,7 @@ export function spoolPage() {
     off.hidden = false;
     facts.hidden = true;
     dead.hidden = true;
-    document.body.dataset.loaded = 'spool:off';
+    loaded('spool:off');
   };
 
   const load = async ({ clear = true } = {}) => {
@@ -83,7 +83,7 @@ export function spoolPage() {
     const answer = await run(() => api('GET', '/v1/spool/dead?limit=1000'), { clear });
     dead.hidden = false;
     list.render(answer?.messages || []);
-    document.body.dataset.loaded = `spool:on:${answer?.messages?.length ?? 0}`;
+    loaded(`spool:on:${answer?.messages?.length ?? 0}`);
   };
 
   $('spool-load').addEventListener('click', () => load());
