@@ -81,6 +81,7 @@ export async function editMessage(title, message, action = 'Send corrected') {
   $('editor-text').checked = start.mode === 'text';
   $('editor-error').textContent = '';
   const dialog = $('editor-dialog');
+  dialog.oninput = () => { $('editor-error').textContent = ''; };
   for (;;) {
     if ((await ask(dialog)) !== 'ok') return null;
     try {
