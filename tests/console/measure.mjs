@@ -51,6 +51,7 @@ export async function measure(warren, chrome, queue, dlq, consoleUrl) {
         interactive: performance.getEntriesByName(m)[0].startTime,
         domContentLoaded: nav.domContentLoadedEventEnd,
         listRequest: list ? list.responseEnd - list.requestStart : null,
+        render: list ? performance.getEntriesByName(m)[0].startTime - list.responseEnd : null,
         rows: document.querySelectorAll('#dl-list li.letter[data-id]').length,
       };
     }, mark);
@@ -100,6 +101,7 @@ export async function measure(warren, chrome, queue, dlq, consoleUrl) {
     reload_total_bytes: again.total,
     dom_content_loaded_ms: Math.round(timing.domContentLoaded),
     list_request_ms: Math.round(timing.listRequest),
+    render_ms: Math.round(timing.render),
     time_to_interactive_ms: Math.round(timing.interactive),
     select_all_ms: Math.round(selectAll),
     discard_all_ms: discardMs,
@@ -111,7 +113,7 @@ export async function measure(warren, chrome, queue, dlq, consoleUrl) {
       `${kib(first.api)} of API JSON, ${kib(first.total)} in all (bytes over the wire)`,
     `  reload (ETag, 304s): ${kib(again.total)} in all`,
     `  DOMContentLoaded ${figures.dom_content_loaded_ms} ms; dead-letter listing request ${figures.list_request_ms} ms;` +
-      ` time to interactive (1,000 rows laid out) ${figures.time_to_interactive_ms} ms`,
+      ` rendering the 1,000 rows ${figures.render_ms} ms;\n  time to interactive (navigation start to the 1,000 rows laid out, main thread free) ${figures.time_to_interactive_ms} ms`,
     `  select all ${figures.select_all_ms} ms; discard all 1,000 (confirmed) ${figures.discard_all_ms} ms`,
     `CONSOLE_FIGURES ${JSON.stringify(figures)}`,
     '',

@@ -200,7 +200,9 @@ export async function notice(page, pattern) {
   return box.textContent();
 }
 
-export const SHOTS = new URL('../../docs/console/', import.meta.url).pathname;
+// Where screenshots go: docs/console/ with `run.sh --screenshots`, else a
+// temp dir (a test run leaves the committed pictures alone).
+export const SHOTS = `${process.env.CONSOLE_SHOTS || mkdtempSync(join(tmpdir(), 'warren-console-shots-'))}/`;
 
 // Deletes what a run declared on the broker: `queues` with their
 // dead-letter queues, and ordered `groups` (exchange, partitions, slots).

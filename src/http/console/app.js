@@ -43,8 +43,12 @@ async function show() {
   document.body.dataset.page = page;
   if (page === 'queues') { queues.show(); return; }
   queues.hide();
-  // The other pages pick their queue from the listing: have one first.
-  if (!known.length) await queues.refresh({ clear: true });
+  // The other pages pick their queue from the listing: have one first,
+  // unless the link names the queue (then both load at once).
+  if (!known.length) {
+    const listing = queues.refresh({ clear: !arg });
+    if (!arg) await listing;
+  }
   if (page === 'dead-letters') { dead.queues(known, arg); await dead.show(arg, options); }
   if (page === 'ordered') { ordered.queues(known, arg); await ordered.show(arg); }
   if (page === 'spool') await spool.show();
