@@ -46,10 +46,17 @@ fn header<'a>(response: &'a reqwest::Response, name: header::HeaderName) -> &'a 
 async fn fetch(warren: &Warren, path: &str, content_type: &str) -> (String, String) {
     let response = client().get(warren.url(path)).send().await.expect("answer");
     assert_eq!(response.status(), 200, "{path}");
-    assert_eq!(header(&response, header::CONTENT_TYPE), content_type, "{path}");
+    assert_eq!(
+        header(&response, header::CONTENT_TYPE),
+        content_type,
+        "{path}"
+    );
     let csp = header(&response, header::CONTENT_SECURITY_POLICY);
     assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
     assert!(csp.contains("script-src 'self'") && csp.contains("style-src 'self'"));
     assert!(csp.contains("frame-ancestors 'none'"));
     assert_eq!(header(&response, header::CACHE_CONTROL), "no-cache");
@@ -78,7 +85,10 @@ async fn the_console_is_served_with_its_headers_and_every_asset_it_names() {
 
     let (etag, page) = fetch(&warren, "/console/", "text/html; charset=utf-8").await;
     assert!(page.contains("<script type=\"module\" src=\"./app.js\">"));
-    assert!(!page.contains("style="), "no inline style (the CSP forbids it)");
+    assert!(
+        !page.contains("style="),
+        "no inline style (the CSP forbids it)"
+    );
     assert!(
         !page.contains("<script>") && !page.contains("onclick"),
         "no inline script"
@@ -136,7 +146,11 @@ async fn the_console_is_served_with_its_headers_and_every_asset_it_names() {
     let response = client().head(warren.url("/console/")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
-    for missing in ["/console/nope.js", "/console/../Cargo.toml", "/console/x/app.js"] {
+    for missing in [
+        "/console/nope.js",
+        "/console/../Cargo.toml",
+        "/console/x/app.js",
+    ] {
         let response = client().get(warren.url(missing)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{missing}");
         assert_eq!(
@@ -144,11 +158,7 @@ async fn the_console_is_served_with_its_headers_and_every_asset_it_names() {
             "application/problem+json"
         );
     }
-    let response = client()
-        .post(warren.url("/console/"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(warren.url("/console/")).send().await.unwrap();
     assert_eq!(response.status(), 405);
     warren.stop().await;
 }

@@ -105,7 +105,10 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.bytes,
         )
             .into_response()
@@ -121,7 +124,10 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
@@ -157,7 +163,10 @@ mod tests {
         let etag = ASSETS[0].etag.clone();
         let mut request = HeaderMap::new();
         request.insert(header::IF_NONE_MATCH, etag);
-        assert_eq!(serve("index.html", &request).status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            serve("index.html", &request).status(),
+            StatusCode::NOT_MODIFIED
+        );
         request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
         assert_eq!(serve("index.html", &request).status(), StatusCode::OK);
         assert_eq!(serve("nope.js", &request).status(), StatusCode::NOT_FOUND);
