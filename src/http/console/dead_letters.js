@@ -14,7 +14,7 @@ export function deadLetters() {
 
   const load = ({ clear = true } = {}) => run(async () => {
     dlq = select.value;
-    if (!dlq) { list.render([]); return; }
+    if (!dlq) { none(); return; }
     const n = Math.max(1, Math.min(1000, Number(limit.value) || 100));
     const answer = await api('GET', `/v1/dead-letters/${enc(dlq)}?limit=${n}`);
     list.render(answer.messages || []);
@@ -45,6 +45,11 @@ export function deadLetters() {
     },
   });
 
+  const none = () => {
+    list.render([]);
+    $('dl-list').firstChild.textContent = 'Warren knows no dead-letter queue.';
+  };
+
   $('dl-load').addEventListener('click', () => load());
   select.addEventListener('change', () => load());
 
@@ -62,8 +67,10 @@ export function deadLetters() {
     async show(wanted, options) {
       const n = options?.get('limit');
       if (n) limit.value = n;
-      if (wanted && (wanted !== dlq || n)) { select.value = wanted; await load(); }
-      else if (!dlq && select.value) await load();
+      if (wanted) select.value = wanted;
+      // Fresh each time the page is shown: dead letters come and go.
+      if (select.value) await load();
+      else none();
     },
   };
 }

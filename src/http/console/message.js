@@ -45,6 +45,13 @@ export function userHeaders(headers) {
   return Object.fromEntries(Object.entries(headers || {}).filter(([k]) => !SYSTEM.test(k)));
 }
 
+// A timestamp (seconds since the epoch) as ISO 8601, or the number when
+// it is out of range.
+function when(seconds) {
+  const date = new Date(seconds * 1000);
+  return Number.isNaN(date.getTime()) ? String(seconds) : date.toISOString();
+}
+
 const PROPS = ['content_type', 'content_encoding', 'message_id', 'correlation_id', 'type', 'app_id', 'priority', 'timestamp', 'reply_to'];
 
 // The whole message: properties, headers and body, as text.
@@ -52,7 +59,7 @@ export function messageView(message) {
   const props = el('dl', { class: 'props' });
   for (const p of PROPS) {
     if (message[p] === undefined || message[p] === '' || message[p] === 0) continue;
-    props.append(el('dt', {}, p), el('dd', {}, p === 'timestamp' ? new Date(message[p] * 1000).toISOString() : message[p]));
+    props.append(el('dt', {}, p), el('dd', {}, p === 'timestamp' ? when(message[p]) : message[p]));
   }
   const headers = message.headers && Object.keys(message.headers).length
     ? JSON.stringify(message.headers, null, 2) : '(none)';
