@@ -223,6 +223,17 @@ describe('console', () => {
     await page.context().close();
   });
 
+  test("Warren's problems are shown with their title and detail", async () => {
+    const missing = `${RUN}.nope.dlq`;
+    const page = await openPage(chrome, consoleUrl(`#dead-letters/${encodeURIComponent(missing)}`));
+    const text = await notice(page, /Not Found/);
+    const answer = await call(warren, 'GET', `/v1/dead-letters/${missing}?limit=1`);
+    assert.equal(answer.status, 404);
+    assert.ok(text.includes(answer.body.detail), `${text} shows ${answer.body.detail}`);
+    assert.equal(await page.locator('#notice').getAttribute('data-kind'), 'error');
+    await page.context().close();
+  });
+
   test('the spool page says when the spool is off', async () => {
     const page = await openPage(chrome, consoleUrl('#spool'));
     await page.locator('#spool-off').waitFor({ state: 'visible' });
