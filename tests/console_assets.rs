@@ -33,7 +33,7 @@ fn references(text: &str) -> Vec<String> {
     names
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: header::HeaderName) -> &'a str {
+fn header(response: &reqwest::Response, name: header::HeaderName) -> &str {
     response
         .headers()
         .get(&name)
