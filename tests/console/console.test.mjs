@@ -22,6 +22,8 @@ const Q = {
   group: `${RUN}.group`,
 };
 const dlq = (q) => `${q}.dlq`;
+// No test may hang the suite.
+const LIMIT = 120_000;
 
 const TOML = `
 [retry]
@@ -59,13 +61,13 @@ before(async () => {
   mkdirSync(SHOTS, { recursive: true });
   warren = await startWarren(TOML, 'open');
   chrome = await browser();
-});
+}, { timeout: LIMIT });
 
 after(async () => {
   await chrome?.close();
   await warren?.stop();
   await cleanup([Q.orders, Q.discard, Q.paused, Q.bulk], [Q.group]);
-});
+}, { timeout: LIMIT });
 
 // Dead-letters `bodies` into `queue`'s dead-letter queue through a
 // subscriber's nack without requeue; ids are `${prefix}-1`, ...
@@ -84,7 +86,7 @@ function consoleUrl(hash = '') {
 }
 
 describe('console', () => {
-  test('a dead letter is shown, its body corrected and replayed to its queue', async () => {
+  test('a dead letter is shown, its body corrected and replayed to its queue', { timeout: LIMIT }, async () => {
     await deadLetter(Q.orders, 'order', [{ id: 42, note: '<img src=x onerror=alert(1)>', qty: -1 }]);
     const page = await openPage(chrome, consoleUrl(`#dead-letters/${encodeURIComponent(dlq(Q.orders))}`));
     const row = page.locator('li.letter[data-id="order-1"]');
@@ -126,7 +128,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('discarding the selected dead letters asks first', async () => {
+  test('discarding the selected dead letters asks first', { timeout: LIMIT }, async () => {
     await deadLetter(Q.discard, 'd', ['one', 'two', 'three']);
     const page = await openPage(chrome, consoleUrl(`#dead-letters/${encodeURIComponent(dlq(Q.discard))}`));
     await page.locator('li.letter[data-id="d-3"]').waitFor();
@@ -149,7 +151,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('a queue is paused (confirmed) and resumed; the listing refreshes by itself', async () => {
+  test('a queue is paused (confirmed) and resumed; the listing refreshes by itself', { timeout: LIMIT }, async () => {
     const page = await openPage(chrome, consoleUrl('#queues'));
     const row = page.locator(`tr[data-queue="${Q.paused}"]`);
     await row.waitFor();
@@ -172,7 +174,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('a blocked key is retried with a corrected message, then its waiting ones follow', async () => {
+  test('a blocked key is retried with a corrected message, then its waiting ones follow', { timeout: LIMIT }, async () => {
     const key = 'customer-42';
     for (const body of [{ qty: -1 }, { qty: 2 }]) {
       await ok(warren, 'POST', '/v1/publish', { exchange: Q.group, ordering_key: key, body });
@@ -207,7 +209,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('a blocked key is skipped after confirmation', async () => {
+  test('a blocked key is skipped after confirmation', { timeout: LIMIT }, async () => {
     const key = 'customer-7';
     await ok(warren, 'POST', '/v1/publish', { exchange: Q.group, ordering_key: key, body: 'bad' });
     const sub = subscribe(warren, Q.group);
@@ -223,7 +225,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test("Warren's problems are shown with their title and detail", async () => {
+  test("Warren's problems are shown with their title and detail", { timeout: LIMIT }, async () => {
     const missing = `${RUN}.nope.dlq`;
     const page = await openPage(chrome, consoleUrl(`#dead-letters/${encodeURIComponent(missing)}`));
     const text = await notice(page, /Not Found/);
@@ -234,7 +236,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('the spool page says when the spool is off', async () => {
+  test('the spool page says when the spool is off', { timeout: LIMIT }, async () => {
     const page = await openPage(chrome, consoleUrl('#spool'));
     await page.locator('#spool-off').waitFor({ state: 'visible' });
     const state = await call(warren, 'GET', '/v1/spool');
@@ -242,7 +244,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('the spool page lists the dead-letter spool and replays the selected', async () => {
+  test('the spool page lists the dead-letter spool and replays the selected', { timeout: LIMIT }, async () => {
     // The spool's endpoints answer these shapes (CONTRACT: Spool); the
     // browser is handed them so that the page is tested whatever this
     // Warren's spool holds.
@@ -276,7 +278,7 @@ describe('console', () => {
     await page.context().close();
   });
 
-  test('with auth on, the console asks for a token; a non-admin token gets a clear 403', async () => {
+  test('with auth on, the console asks for a token; a non-admin token gets a clear 403', { timeout: LIMIT }, async () => {
     const admin = 'admin-token-for-console-tests';
     const viewer = 'viewer-token-for-console-tests';
     const secured = await startWarren(`${TOML.split('[[ordered]]')[0]}
@@ -319,7 +321,7 @@ consume = ["*"]
     }
   });
 
-  test('1,000 dead letters: first load weight and time to interactive', async () => {
+  test('1,000 dead letters: first load weight and time to interactive', { timeout: LIMIT }, async () => {
     const figures = await measure(warren, chrome, Q.bulk, dlq(Q.bulk), consoleUrl);
     assert.equal(figures.listed, 1000);
     assert.equal(figures.discarded, 1000);
