@@ -27,8 +27,8 @@ function route() {
   const [path, query] = location.hash.replace(/^#/, '').split('?');
   const [page, ...rest] = path.split('/');
   const arg = rest.length ? decodeURIComponent(rest.join('/')) : undefined;
-  const known = ['queues', 'dead-letters', 'ordered', 'spool'].includes(page);
-  return [known ? page : 'queues', arg, new URLSearchParams(query || '')];
+  const valid = ['queues', 'dead-letters', 'ordered', 'spool'].includes(page);
+  return [valid ? page : 'queues', arg, new URLSearchParams(query || '')];
 }
 
 async function show() {
