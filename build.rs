@@ -1,9 +1,9 @@
 //! Compiles `proto/` with protox (pure Rust, no `protoc` needed) and generates
-//! the tonic service, plus a descriptor set for gRPC server reflection.
+//! the tonic services (`Bus`, `Admin`), plus a descriptor set for gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["warren/v1/bus.proto"], ["proto"])?;
+    let fds = protox::compile(["warren/v1/bus.proto", "warren/v1/admin.proto"], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out.join("warren_descriptor.bin"),

@@ -8,6 +8,9 @@
 #   scripts/cluster.sh status   one line per node; exits 0 only when all three run
 #   scripts/cluster.sh pid N    the OS pid of node N's Erlang VM (beam.smp)
 #   scripts/cluster.sh kill N   kills node N's Erlang VM with SIGKILL; prints its pid
+#   scripts/cluster.sh start N  starts node N again (after kill or stop) on its data: it rejoins
+#   scripts/cluster.sh stop     stops all three nodes, keeping their data (the whole cluster down)
+#   scripts/cluster.sh start    starts all three again on their data and waits for the cluster
 #   scripts/cluster.sh ctl N ARGS...   rabbitmqctl -n <node N> ARGS...
 #
 # Node N (1..3) is warren-cN@localhost: AMQP on 127.0.0.1:570N, Erlang
@@ -223,6 +226,48 @@ down() {
   log "down"
 }
 
+# Starts node N again on its data; it rejoins the cluster it belonged to.
+restart_node() {
+  local n=$1
+  if [ -n "$(beam_pid "$n")" ]; then
+    log "$(node "$n") already runs"
+    return
+  fi
+  start_node "$n"
+  await_node "$n"
+  log "$(node "$n") is back"
+}
+
+# Stops every node, keeping the data: the whole cluster down.
+stop_all() {
+  local n
+  for n in "${NODES[@]}"; do
+    if [ -n "$(beam_pid "$n")" ]; then
+      (sudo_ timeout 60 rabbitmqctl -n "$(node "$n")" -q stop "$BASE/c$n/pid" >/dev/null 2>&1 || true) &
+    fi
+  done
+  wait
+  log "stopped (data kept)"
+}
+
+# Starts every node on its data at once (each waits for the others at
+# boot), then waits for all three to run in one cluster.
+start_all() {
+  local n deadline=$((SECONDS + 180))
+  for n in "${NODES[@]}"; do
+    [ -n "$(beam_pid "$n")" ] || start_node "$n"
+  done
+  for n in "${NODES[@]}"; do await_node "$n"; done
+  until [ "$(running_members)" = 3 ]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "the cluster has $(running_members) running nodes, not 3"
+      return 1
+    fi
+    sleep 1
+  done
+  log "up again: three nodes running"
+}
+
 status() {
   local n all=0
   for n in "${NODES[@]}"; do
@@ -253,6 +298,15 @@ case "${1:-}" in
     sudo_ kill -KILL "$pid"
     echo "$pid"
     ;;
+  start)
+    if [ -n "${2:-}" ]; then
+      check_index "$2"
+      restart_node "$2"
+    else
+      start_all
+    fi
+    ;;
+  stop) stop_all ;;
   ctl)
     check_index "${2:-}"
     n=$2
@@ -260,7 +314,7 @@ case "${1:-}" in
     ctl "$n" "$@"
     ;;
   *)
-    echo "usage: $0 up|down|status|pid N|kill N|ctl N ARGS..." >&2
+    echo "usage: $0 up|down|status|pid N|kill N|start [N]|stop|ctl N ARGS..." >&2
     exit 2
     ;;
 esac

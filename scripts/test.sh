@@ -6,8 +6,9 @@
 # the console's browser tests (tests/console/run.sh: headless Chromium,
 # installed when missing), the deploy files' checks, and the cross-language
 # examples. The auth tests make their JWT keys with the openssl command
-# (installed when missing).
-# Extra arguments go to `cargo test`.
+# (installed when missing). After the Rust tests, scripts/schemathesis.sh
+# checks the HTTP API against its OpenAPI document. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/broker.sh
@@ -17,6 +18,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+scripts/schemathesis.sh
 tests/console/run.sh
 deploy/check.sh
 examples/run-tests.sh

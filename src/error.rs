@@ -62,6 +62,16 @@ pub enum Error {
         /// When the next message would be let through.
         retry_after: Duration,
     },
+    /// The spool cannot take the message without going over `spool.max_bytes`.
+    #[error("the spool is full ({bytes} of {max_bytes} bytes); try again once it has drained")]
+    SpoolFull {
+        /// Bytes spooled.
+        bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+        /// When forwarding is likely to have made room.
+        retry_after: Duration,
+    },
     /// The broker negatively acknowledged a message.
     #[error("the broker rejected the message (basic.nack); it was not stored")]
     Nacked,
@@ -145,7 +155,7 @@ impl Error {
             | Error::RateLimited { .. }
             | Error::DeadlineExceeded(_) => Origin::Client,
             Error::Nacked | Error::Unavailable { .. } => Origin::Broker,
-            Error::ShuttingDown | Error::Internal(_) => Origin::Warren,
+            Error::SpoolFull { .. } | Error::ShuttingDown | Error::Internal(_) => Origin::Warren,
         }
     }
 
@@ -155,9 +165,10 @@ impl Error {
             Error::InvalidArgument(_) => code::INVALID_ARGUMENT,
             Error::NotFound(_) => code::NOT_FOUND,
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => code::FAILED_PRECONDITION,
-            Error::TooLarge { .. } | Error::LimitReached(_) | Error::RateLimited { .. } => {
-                code::RESOURCE_EXHAUSTED
-            }
+            Error::TooLarge { .. }
+            | Error::LimitReached(_)
+            | Error::RateLimited { .. }
+            | Error::SpoolFull { .. } => code::RESOURCE_EXHAUSTED,
             Error::PermissionDenied(_) => code::PERMISSION_DENIED,
             Error::Unauthenticated(_) => code::UNAUTHENTICATED,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => code::UNAVAILABLE,
@@ -175,7 +186,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::TooLarge { .. } => 413,
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => 422,
-            Error::LimitReached(_) | Error::RateLimited { .. } => 429,
+            Error::LimitReached(_) | Error::RateLimited { .. } | Error::SpoolFull { .. } => 429,
             Error::Internal(_) => 500,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => 503,
             Error::DeadlineExceeded(_) => 504,
@@ -194,6 +205,7 @@ impl Error {
             Error::PermissionDenied(_) => "permission-denied",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::RateLimited { .. } => "rate-limited",
+            Error::SpoolFull { .. } => "spool-full",
             Error::Nacked => "nacked",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline-exceeded",
@@ -209,6 +221,7 @@ impl Error {
             | Error::Unavailable { .. }
             | Error::LimitReached(_)
             | Error::RateLimited { .. }
+            | Error::SpoolFull { .. }
             | Error::ShuttingDown => true,
             Error::InvalidArgument(_)
             | Error::NotFound(_)
@@ -230,7 +243,9 @@ impl Error {
                 retry_after: Some(after),
                 ..
             } => Some(*after),
-            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            Error::RateLimited { retry_after, .. } | Error::SpoolFull { retry_after, .. } => {
+                Some(*retry_after)
+            }
             e if e.is_retryable() => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -254,6 +269,7 @@ mod tests {
             Error::PermissionDenied(_) => (7, 403, Origin::Client, false),
             Error::Unauthenticated(_) => (16, 401, Origin::Client, false),
             Error::RateLimited { .. } => (8, 429, Origin::Client, true),
+            Error::SpoolFull { .. } => (8, 429, Origin::Warren, true),
             Error::Nacked => (14, 503, Origin::Broker, true),
             Error::Unavailable { .. } => (14, 503, Origin::Broker, true),
             Error::DeadlineExceeded(_) => (4, 504, Origin::Client, false),
@@ -283,6 +299,11 @@ mod tests {
                 client: "c".into(),
                 rate: 1,
                 retry_after: Duration::from_millis(10),
+            },
+            Error::SpoolFull {
+                bytes: 2,
+                max_bytes: 1,
+                retry_after: Duration::from_secs(1),
             },
             Error::Nacked,
             Error::unavailable("down"),

@@ -44,7 +44,7 @@ pub mod metrics;
 pub mod server;
 pub mod telemetry;
 
-/// Code generated from `proto/warren/v1/bus.proto`.
+/// Code generated from `proto/warren/v1/bus.proto` and `admin.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     tonic::include_proto!("warren.v1");

@@ -20,14 +20,20 @@ pub mod outcome {
     pub const NOT_FOUND: usize = 3;
     pub const INVALID: usize = 4;
     pub const UNAVAILABLE: usize = 5;
+    /// Written to the spool (the broker was away).
+    pub const SPOOLED: usize = 6;
+    /// Refused: the spool was full.
+    pub const SPOOL_FULL: usize = 7;
     /// The label values, by index.
-    pub const NAMES: [&str; 6] = [
+    pub const NAMES: [&str; 8] = [
         "confirmed",
         "nacked",
         "unroutable",
         "not_found",
         "invalid",
         "unavailable",
+        "spooled",
+        "spool_full",
     ];
 }
 
@@ -62,7 +68,7 @@ pub struct Metrics {
     /// `warren_publish_total{outcome}`.
     pub publish_total: IntCounterVec,
     /// Its counters by outcome index, resolved once (no label lookup per publish).
-    publish_outcomes: [IntCounter; 6],
+    publish_outcomes: [IntCounter; outcome::NAMES.len()],
     /// `warren_scheduled_total{outcome}`.
     pub scheduled_total: IntCounterVec,
     scheduled_outcomes: [IntCounter; 3],

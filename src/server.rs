@@ -47,6 +47,14 @@ pub enum StartError {
     /// `[auth]` key material cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::auth::Invalid),
+    /// The spool's directory or database cannot be used.
+    #[error("cannot open the spool in spool.dir = {dir:?}: {source}")]
+    Spool {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: crate::bus::spool::store::StoreError,
+    },
     /// The broker refused the configured topology.
     #[error(transparent)]
     Topology(#[from] Refused),
@@ -92,7 +100,16 @@ impl Server {
             .map(|files| Tls::new("grpc.tls", files, &[b"h2"]))
             .transpose()
             .map_err(StartError::Tls)?;
-        let bus = Bus::start(Arc::new(config), Metrics::new())?;
+        let spool = config
+            .spool
+            .enabled
+            .then(|| crate::bus::spool::Spool::open(&config.spool.dir, config.spool.max_bytes))
+            .transpose()
+            .map_err(|source| StartError::Spool {
+                dir: config.spool.dir.clone(),
+                source,
+            })?;
+        let bus = Bus::start(Arc::new(config), Metrics::new(), spool)?;
         let shutdown = CancellationToken::new();
         let reloadable: Vec<_> = http_tls.iter().chain(grpc_tls.iter()).cloned().collect();
         if !reloadable.is_empty() {

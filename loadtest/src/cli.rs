@@ -120,6 +120,16 @@ pub struct Args {
     /// from `--ordered-rounds`).
     #[arg(long)]
     pub push_compare: bool,
+    /// Instead of the scenarios, measure the spool: unary publishes from
+    /// `--concurrency` callers confirmed (broker there), then spooled (the
+    /// broker cut off by a relay of this process), then the forwarding rate
+    /// once it is back; `--spool-rounds` rounds of `--messages` each. Starts
+    /// Warren with the spool on, in a temporary directory.
+    #[arg(long)]
+    pub spool_compare: bool,
+    /// Rounds of `--spool-compare`.
+    #[arg(long, default_value_t = 3)]
+    pub spool_rounds: usize,
     /// The group `--ordered-compare` measures (in Warren's configuration).
     #[arg(long, default_value = "loadtest.ordered")]
     pub ordered_group: String,

@@ -27,6 +27,7 @@ mod procfs;
 mod push;
 mod report;
 mod scenarios;
+mod spool;
 mod warren;
 
 use std::process::ExitCode;
@@ -99,19 +100,19 @@ struct Report<'a> {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let amqp = broker::connect(&args.amqp_url, "warren-loadtest").await?;
+    let relay = match args.spool_compare {
+        true => Some(spool::Relay::start(&args.amqp_url).await?),
+        false => None,
+    };
     let mut warren = match (&args.warren_url_http, &args.warren_url_grpc) {
         (Some(http), Some(grpc)) => Warren::attach(http, grpc, args.warren_pid).await?,
         _ => {
             let config = args.warren_config.as_deref();
-            let env = &args.warren_env;
-            Warren::start(
-                &args.warren_bin,
-                config,
-                env,
-                &args.amqp_url,
-                &args.warren_log,
-            )
-            .await?
+            let (env, amqp_url) = match &relay {
+                Some(relay) => (spool_env(&args.warren_env), relay.url.clone()),
+                None => (args.warren_env.clone(), args.amqp_url.clone()),
+            };
+            Warren::start(&args.warren_bin, config, &env, &amqp_url, &args.warren_log).await?
         }
     };
     let mut info = WarrenInfo {
@@ -152,6 +153,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             eprintln!("wrote {}", path.display());
         }
         return Ok(rows.iter().all(|r| r.error.is_none()));
+    }
+    if let Some(relay) = &relay {
+        return spool::run(&args, &mut warren, &mut info, &amqp, relay).await;
     }
     if args.push_compare || args.ordered_compare {
         return compare::run(&args, &mut warren, &mut info, &amqp).await;
@@ -231,6 +235,15 @@ pub(crate) async fn grpc_client(args: &Args, warren: &Warren) -> anyhow::Result<
         channel,
         scenarios::Bearer::new(args.token.as_deref())?,
     ))
+}
+
+/// The spool on, in a directory of this run, besides `env`.
+fn spool_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let dir = std::env::temp_dir().join(broker::unique("spool", "dir"));
+    let mut env = env.to_vec();
+    env.push(("WARREN__SPOOL__ENABLED".into(), "true".into()));
+    env.push(("WARREN__SPOOL__DIR".into(), dir.display().to_string()));
+    env
 }
 
 /// `--delay-precision`: every delay of `--delays` at once.

@@ -16,8 +16,9 @@
 //!   rewrite of a scheduled publish into it, and the forwarder that routes
 //!   due messages to their targets.
 //! - [`push`]: push delivery: `[[push]]` queues POSTed to an app.
-//! - [`spool`]: the durable local spool (its store, group commit and
-//!   records; not yet wired to publishing).
+//! - [`spool`]: the durable local spool: publishes written while the
+//!   broker cannot be reached, forwarded in order once it can; the
+//!   dead-letter spool.
 //! - [`dead_letters`]: list, replay and discard dead letters.
 //! - [`ordered`]: ordered groups: per-key FIFO, blocking on failure.
 //! - [`control`]: the control channel every Warren listens on; pausing and
@@ -91,15 +92,23 @@ pub struct Bus {
     topology_declared: AtomicBool,
     /// The delay chain, declared on the first scheduled publish.
     scheduled: schedule::Topology,
-    /// The forwarder of due scheduled messages and the pushers.
+    /// The forwarder of due scheduled messages, the pushers and the spool's
+    /// forwarder.
     background: TaskTracker,
+    /// `[spool]`, when enabled.
+    spool: Option<Arc<spool::Spool>>,
 }
 
 impl Bus {
     /// Starts the connection pools (connecting in the background), the
     /// shared publishers, the forwarder of scheduled messages and the pushers
-    /// (`[[push]]`). Fails only when `[auth]`'s key material cannot be read.
-    pub fn start(config: Arc<Config>, metrics: Metrics) -> Result<Arc<Self>, crate::auth::Invalid> {
+    /// (`[[push]]`), and with `spool` (opened from `[spool]`) its forwarder.
+    /// Fails only when `[auth]`'s key material cannot be read.
+    pub fn start(
+        config: Arc<Config>,
+        metrics: Metrics,
+        spool: Option<spool::Spool>,
+    ) -> Result<Arc<Self>, crate::auth::Invalid> {
         let auth = crate::auth::Auth::new(&config.auth, &metrics)?;
         let publish_pool = Pool::start(Role::Publish, &config.amqp, metrics.clone());
         let consume_pool = Pool::start(Role::Consume, &config.amqp, metrics.clone());
@@ -207,8 +216,10 @@ impl Bus {
             topology_declared: AtomicBool::new(false),
             scheduled,
             background,
+            spool: spool.map(Arc::new),
         });
         bus.start_push();
+        bus.start_spool();
         Ok(bus)
     }
 

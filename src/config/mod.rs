@@ -10,6 +10,7 @@ mod ordered;
 mod push;
 mod retry;
 mod sections;
+mod spool;
 mod topology;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use sections::{
     Amqp, Breaker, DeadLetters, GrpcListener, Listener, ListenerTls, Log, LogFormat, Publish, Rpc,
     Shutdown, Subscribe,
 };
+pub use spool::Spool;
 pub use topology::{Arguments, Binding, DestinationKind, Exchange, Queue, QueueKind, Topology};
 
 /// The whole configuration of one Warren process.
@@ -62,6 +64,8 @@ pub struct Config {
     pub ordered: Vec<Ordered>,
     /// `[[push]]`: queues Warren pushes to an app over HTTP.
     pub push: Vec<Push>,
+    /// The durable local spool.
+    pub spool: Spool,
 }
 
 /// A configuration that cannot be used: names the key and the value.
@@ -132,6 +136,7 @@ impl Config {
         crate::amqp::Connector::new(&self.amqp)?;
         Ordered::validate(&self.ordered)?;
         Push::validate(&self.push)?;
+        self.spool.validate()?;
         for (key, value) in [
             ("http.listen", &self.http.listen),
             ("grpc.listen", &self.grpc.listen),

@@ -59,6 +59,11 @@ fn from_json(value: Value) -> PValue {
     PValue { kind: Some(kind) }
 }
 
+/// A `Struct` of headers as the bus's headers.
+pub fn headers(s: Struct) -> Result<Headers, Error> {
+    to_map(s.fields)
+}
+
 /// A protobuf message as a bus message.
 pub fn message(m: proto::Message) -> Result<Message, Error> {
     let headers: Headers = to_map(m.headers)?;
@@ -146,6 +151,7 @@ pub fn publish(r: proto::PublishRequest) -> Result<Publish, Error> {
             delay_ms: r.delay_ms,
             deliver_at_ms: r.deliver_at_ms,
         },
+        allow_spool: r.allow_spool,
     })
 }
 

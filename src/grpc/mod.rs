@@ -1,8 +1,10 @@
-//! The gRPC transport: `warren.v1.Bus`, health and reflection on one port.
+//! The gRPC transport: `warren.v1.Bus`, `warren.v1.Admin`, health and
+//! reflection on one port.
 //!
 //! It translates requests into calls on [`crate::bus::Bus`] and bus errors
 //! into status codes; nothing more.
 
+pub mod admin;
 pub mod codec;
 mod convert;
 mod service;
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::error::Error;
+use crate::proto::admin_server::AdminServer;
 use crate::proto::bus_server::BusServer;
 
 pub use service::Service;
@@ -82,6 +85,9 @@ pub async fn serve(
     // Room for the largest body plus its properties; bigger requests are
     // refused by the bus with RESOURCE_EXHAUSTED when within this margin.
     let max_message = bus.config().publish.max_body_bytes + 1024 * 1024;
+    let admin = AdminServer::new(admin::Service::new(bus.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let service = BusServer::new(Service::new(bus, shutdown.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -95,6 +101,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
@@ -126,7 +133,8 @@ fn too_large_is_resource_exhausted<B>(
 }
 
 /// Keeps `grpc.health.v1` in step with the broker connection: SERVING for
-/// the whole server ("") and `warren.v1.Bus` only while ready.
+/// the whole server (""), `warren.v1.Bus` and `warren.v1.Admin` only while
+/// ready.
 async fn report_health(
     bus: Arc<Bus>,
     health: tonic_health::server::HealthReporter,
@@ -138,6 +146,7 @@ async fn report_health(
         tokio::select! {
             _ = shutdown.cancelled() => {
                 health.set_not_serving::<BusServer<Service>>().await;
+                health.set_not_serving::<AdminServer<admin::Service>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 return;
             }
@@ -152,6 +161,7 @@ async fn report_health(
             };
             health.set_service_status("", status).await;
             health.set_service_status("warren.v1.Bus", status).await;
+            health.set_service_status("warren.v1.Admin", status).await;
             last = Some(ready);
         }
     }

@@ -60,21 +60,24 @@ impl Service {
     /// The caller of `request`, as the bus authenticates its credential
     /// (`authorization` metadata, else the TLS client certificate).
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let credential = Credential::of(
-            request
-                .metadata()
-                .get("authorization")
-                .map(|v| v.as_bytes()),
-            request
-                .extensions()
-                .get::<crate::listen::ConnInfo>()
-                .and_then(|info| info.common_name.as_ref()),
-        );
-        self.bus
-            .authenticate(&credential)
-            .await
-            .map_err(|e| status(&e))
+        caller(&self.bus, request).await
     }
+}
+
+/// The caller of `request`, as the bus authenticates its credential
+/// (`authorization` metadata, else the TLS client certificate).
+pub(super) async fn caller<T>(bus: &Bus, request: &Request<T>) -> Result<Caller, Status> {
+    let credential = Credential::of(
+        request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+        request
+            .extensions()
+            .get::<crate::listen::ConnInfo>()
+            .and_then(|info| info.common_name.as_ref()),
+    );
+    bus.authenticate(&credential).await.map_err(|e| status(&e))
 }
 
 fn response(request_id: String, result: Result<Confirmed, Error>) -> proto::PublishResponse {
@@ -84,12 +87,14 @@ fn response(request_id: String, result: Result<Confirmed, Error>) -> proto::Publ
             code: code::OK,
             error: String::new(),
             message_id: confirmed.message_id,
+            spooled: confirmed.spooled,
         },
         Err(e) => proto::PublishResponse {
             request_id,
             code: e.code(),
             error: e.to_string(),
             message_id: String::new(),
+            spooled: false,
         },
     }
 }

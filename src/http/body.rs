@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use utoipa::ToSchema;
 
 use super::problem::Problem;
 use crate::error::Error;
@@ -220,10 +221,34 @@ pub fn trace(headers: &HeaderMap, message: &mut Message) -> Result<(), Error> {
     message.set_trace(get("traceparent"), get("tracestate"))
 }
 
-/// Parses a JSON request body with a clear error for each mistake.
+/// Parses a JSON request body (an object) with a clear error for each
+/// mistake.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // (serde's derived structs also take an array of their fields in
+    // order; a request is an object.)
+    if bytes.trim_ascii_start().first() == Some(&b'[') {
+        return Err(Error::InvalidArgument(
+            "invalid JSON request: expected an object, not an array".into(),
+        ));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| Error::InvalidArgument(format!("invalid JSON request: {e}")))
+}
+
+/// A nested JSON object as `T`, refusing an array (which serde's derived
+/// structs would take as their fields in order).
+pub fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error as _;
+    match Option::<Map<String, Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => serde_json::from_value(Value::Object(map))
+            .map(Some)
+            .map_err(D::Error::custom),
+    }
 }
 
 /// How much larger than its body a JSON request may be: base64 grows bytes by
@@ -233,31 +258,79 @@ pub fn json_limit(max_body: usize) -> usize {
     max_body.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-/// A message as JSON (the proto's field names).
-#[derive(Debug, Default, Deserialize)]
+/// Integers as JSON Schema has them: `3` and `3.0` alike (a client whose
+/// JSON writes every number as a float is not refused), out of range or
+/// fractional numbers refused.
+pub mod whole {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    /// Largest float that is still a whole number exactly (2^53).
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64> + TryFrom<i64>,
+    {
+        let n = serde_json::Number::deserialize(d)?;
+        let out_of_range = || D::Error::custom(format!("{n} is out of range"));
+        if let Some(u) = n.as_u64() {
+            return T::try_from(u).map_err(|_| out_of_range());
+        }
+        if let Some(i) = n.as_i64() {
+            return T::try_from(i).map_err(|_| out_of_range());
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= MAX_EXACT => {
+                T::try_from(f as i64).map_err(|_| out_of_range())
+            }
+            _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+        }
+    }
+}
+
+/// A message as JSON (the proto's field names). Unknown fields are refused.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct JsonMessage {
     /// Any JSON value: a string is sent as its UTF-8 bytes, anything else as
     /// compact JSON (content type `application/json` unless set).
+    #[schema(value_type = Option<Value>)]
     pub body: Option<Value>,
     /// The body as base64 bytes, instead of `body`.
+    #[schema(format = Byte)]
     pub body_base64: Option<String>,
     pub content_type: String,
     pub content_encoding: String,
+    /// AMQP application headers (names starting with `x-warren-` are
+    /// Warren's own and refused).
     pub headers: Map<String, Value>,
+    /// Set by Warren (a UUID) when empty.
     pub message_id: String,
     pub correlation_id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// 0-255; only meaningful on priority queues.
+    #[serde(deserialize_with = "whole::deserialize")]
+    #[schema(maximum = 255)]
     pub priority: u32,
+    /// Per-message TTL in ms; 0 means none.
+    #[serde(deserialize_with = "whole::deserialize")]
+    #[schema(maximum = 315_360_000_000_u64)]
     pub expiration_ms: u64,
+    /// Seconds since the Unix epoch; 0 means none.
+    #[serde(deserialize_with = "whole::deserialize")]
     pub timestamp: i64,
     pub app_id: String,
+    /// Not persisted (delivery mode 1).
     pub transient: bool,
     pub reply_to: String,
+    /// Must be Warren's broker user when set.
     pub user_id: String,
     /// Anything else: refused, so that a misspelt field is not ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub unknown: Map<String, Value>,
 }
 
@@ -310,11 +383,15 @@ impl JsonMessage {
 
 /// A delivered or replied message as JSON: `body` when the bytes are UTF-8,
 /// else `body_base64`; empty properties left out.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeliveredMessage)]
 pub struct JsonOut {
+    /// The body as text, when it is valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The body as base64, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
     pub body_base64: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub content_type: String,

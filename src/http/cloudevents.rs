@@ -38,6 +38,36 @@ pub fn is_structured(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(STRUCTURED))
 }
 
+/// A structured-mode CloudEvent (spec 1.0) as `POST /v1/publish` takes it,
+/// for the OpenAPI document: the request itself is parsed and checked by
+/// `cloudevents-sdk`'s `Event`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StructuredEvent {
+    #[schema(pattern = "^1\\.0$")]
+    specversion: String,
+    #[schema(min_length = 1)]
+    id: String,
+    /// A URI-reference.
+    #[schema(min_length = 1)]
+    source: String,
+    #[schema(min_length = 1)]
+    r#type: String,
+    subject: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    /// A URI.
+    dataschema: Option<String>,
+    /// The data as JSON (or text), or else:
+    #[schema(value_type = Option<Value>)]
+    data: Option<Value>,
+    /// The data as base64 bytes.
+    #[schema(format = Byte)]
+    data_base64: Option<String>,
+}
+
 fn invalid(what: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("not a valid CloudEvent: {what}"))
 }

@@ -75,16 +75,49 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
 });
 
 /// `GET /console`: the page lives at `/console/` (its modules are relative).
+#[utoipa::path(
+    get, path = "/console", operation_id = "consoleRedirect", tag = "console",
+    summary = "Redirects to the console's page, `/console/`",
+    responses((status = 308, description = "To `/console/`",
+        headers(("Location" = String, description = "`/console/`")))),
+)]
 pub async fn redirect() -> Redirect {
     Redirect::permanent("/console/")
 }
 
 /// `GET /console/`: the page.
+#[utoipa::path(
+    get, path = "/console/", operation_id = "console", tag = "console",
+    summary = "The operators' web console",
+    description = "Needs no credential (the page holds no data); what it shows comes from \
+        the `/v1` endpoints, which need an admin credential when auth is on.",
+    params(("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer")),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String,
+            headers(("ETag" = String), ("Content-Security-Policy" = String))),
+        (status = 304, description = "Not modified: the `ETag` matches", headers(("ETag" = String))),
+    ),
+)]
 pub async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
 /// `GET /console/{file}`: a script, the style sheet, the icon.
+#[utoipa::path(
+    get, path = "/console/{file}", operation_id = "consoleFile", tag = "console",
+    summary = "One of the console's files (a module, the style sheet, the icon)",
+    params(
+        ("file" = String, Path, description = "A file the page names, such as `app.js` or `style.css`"),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml")),
+            headers(("ETag" = String), ("Content-Security-Policy" = String))),
+        (status = 304, description = "Not modified: the `ETag` matches", headers(("ETag" = String))),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+)]
 pub async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
     serve(&name, &headers)
 }

@@ -1,4 +1,5 @@
-//! The HTTP transport: JSON, raw and batch publishing, health, readiness, metrics.
+//! The HTTP transport: JSON, raw and batch publishing, health, readiness,
+//! metrics, and the OpenAPI document of it all (`openapi.rs`).
 //!
 //! Like the gRPC layer it only translates: requests into bus calls, bus
 //! errors into `application/problem+json` responses.
@@ -10,11 +11,13 @@ mod cloudevents;
 mod console;
 mod dead_letters;
 mod host;
+pub mod openapi;
 mod ordered;
 mod problem;
 mod publish;
 mod queues;
 mod rpc;
+mod spool;
 mod subscribe;
 
 use std::sync::Arc;
@@ -70,12 +73,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}", get(queues::show))
         .route("/v1/queues/{queue}/pause", post(queues::pause))
         .route("/v1/queues/{queue}/resume", post(queues::resume))
+        .route("/v1/spool", get(spool::status))
+        .route("/v1/spool/dead", get(spool::dead))
+        .route("/v1/spool/dead/replay", post(spool::replay))
+        .route("/v1/spool/dead/discard", post(spool::discard))
         .route("/console", get(console::redirect))
         .route("/console/", get(console::index))
         .route("/console/{file}", get(console::file))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -103,18 +111,49 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
+/// `GET /healthz`.
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    summary = "The process is alive",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String, example = "ok\n")),
+)]
 async fn healthz() -> impl IntoResponse {
     "ok\n"
 }
 
+/// `GET /readyz`.
+#[utoipa::path(
+    get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    summary = "Connected to the broker",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready\n"),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.bus.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        Problem::from(Error::unavailable("not connected to the broker")).into_response()
+        // Truthful: taking publishes into the spool is not being connected.
+        let reason = if state.bus.config().spool.enabled {
+            "not connected to the broker (publishes that allow it are being spooled)"
+        } else {
+            "not connected to the broker"
+        };
+        Problem::from(Error::unavailable(reason)).into_response()
     }
 }
 
+/// `GET /metrics`.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    summary = "Prometheus metrics (text format)",
+    description = "Needs a credential only when auth is on and `auth.metrics_public` is false.",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, response = openapi::Unauthorized),
+    ),
+)]
 async fn metrics(State(state): State<AppState>, parts: axum::http::request::Parts) -> Response {
     if !state.bus.auth().metrics_public() {
         let credential = auth::credential(&parts, false);

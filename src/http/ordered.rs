@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::body::{self, JsonOut};
@@ -19,16 +19,22 @@ use crate::bus::ordered::Blocked;
 use crate::error::Error;
 
 /// One blocked key as JSON.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = BlockedKey)]
 pub struct JsonBlocked {
     key: String,
+    /// The held message.
     message: JsonOut,
     reason: String,
+    /// When it was blocked, Unix epoch ms.
     since_ms: i64,
+    /// Messages of the key waiting behind it.
     waiting: u32,
 }
 
-#[derive(Debug, Serialize)]
+/// The blocked keys of a group.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = BlockedListing)]
 pub struct Listing {
     blocked: Vec<JsonBlocked>,
 }
@@ -46,6 +52,17 @@ impl From<Blocked> for JsonBlocked {
 }
 
 /// `GET /v1/ordered/{group}/blocked`.
+#[utoipa::path(
+    get, path = "/v1/ordered/{group}/blocked", operation_id = "listBlockedKeys", tag = "ordered",
+    summary = "An ordered group's blocked keys",
+    params(("group" = String, Path, description = "An ordered group")),
+    responses(
+        (status = 200, description = "The blocked keys, oldest first", body = Listing),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn blocked(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -57,20 +74,45 @@ pub async fn blocked(
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The optional body of a retry.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryJson {
-    #[serde(default)]
-    message: Option<Map<String, Value>>,
+    /// Fields that replace the held message's.
+    #[serde(default, deserialize_with = "body::object")]
+    message: Option<super::dead_letters::PatchJson>,
 }
 
-#[derive(Debug, Serialize)]
+/// A key let go.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Released {
     key: String,
+    /// How: `retry` or `skip`.
+    #[schema(value_type = String)]
     released: &'static str,
 }
 
 /// `POST /v1/ordered/{group}/blocked/{key}/retry`: no body, or JSON.
+#[utoipa::path(
+    post, path = "/v1/ordered/{group}/blocked/{key}/retry", operation_id = "retryBlockedKey", tag = "ordered",
+    summary = "Deliver a blocked key's held message again, first (optionally corrected)",
+    params(
+        ("group" = String, Path, description = "An ordered group"),
+        ("key" = String, Path, description = "A blocked ordering key"),
+    ),
+    request_body(content((RetryJson = "application/json")),
+        description = "Optional: no body retries the message as it is"),
+    responses(
+        (status = 200, description = "Released", body = Released),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn retry(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -109,6 +151,20 @@ pub async fn retry(
 }
 
 /// `POST /v1/ordered/{group}/blocked/{key}/skip`.
+#[utoipa::path(
+    post, path = "/v1/ordered/{group}/blocked/{key}/skip", operation_id = "skipBlockedKey", tag = "ordered",
+    summary = "Dead-letter a blocked key's held message; the key goes on",
+    params(
+        ("group" = String, Path, description = "An ordered group"),
+        ("key" = String, Path, description = "A blocked ordering key"),
+    ),
+    responses(
+        (status = 200, description = "Released", body = Released),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn skip(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

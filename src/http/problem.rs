@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use crate::error::Error;
 
@@ -82,21 +84,46 @@ impl Problem {
 
     /// The problem document (also the data of an SSE `error` event).
     pub fn body(&self) -> Value {
-        let mut body = json!({
-            "type": format!("urn:warren:problem:{}", self.kind),
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "retryable": self.retryable,
-        });
-        if let (Some(code), Some(map)) = (self.code, body.as_object_mut()) {
-            map.insert("code".into(), code.into());
-        }
-        if let Some(map) = body.as_object_mut() {
-            map.extend(self.extra.clone());
-        }
-        body
+        let body = Body {
+            kind: format!("urn:warren:problem:{}", self.kind),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            retryable: self.retryable,
+            code: self.code,
+            extra: self.extra.clone(),
+        };
+        serde_json::to_value(body).unwrap_or_else(|_| json!({}))
     }
+}
+
+/// The body of a problem response (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub struct Body {
+    /// `urn:warren:problem:<kind>`: `invalid-argument`, `not-found`,
+    /// `unroutable`, `too-large`, `unavailable`, ...
+    #[serde(rename = "type")]
+    #[schema(example = "urn:warren:problem:not-found")]
+    kind: String,
+    /// The status's reason phrase.
+    title: String,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    status: u16,
+    /// What went wrong, for people.
+    detail: String,
+    /// Whether the same request may succeed later.
+    retryable: bool,
+    /// The gRPC status code of the same failure (absent for failures of
+    /// HTTP itself: 405, 408, 415, 421).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u32>,
+    /// More members: `replayed` or `discarded` (how many were done) when a
+    /// dead-letter operation stopped part-way.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    extra: Map<String, Value>,
 }
 
 /// Turns an error response that is not a problem yet (the rejection of one

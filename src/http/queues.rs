@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::problem::Problem;
@@ -11,12 +12,22 @@ use super::AppState;
 use crate::bus::control::{Listed, QueueInfo};
 
 /// The listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = QueueListing)]
 pub struct Listing {
     queues: Vec<Listed>,
 }
 
 /// `GET /v1/queues`: every queue Warren knows.
+#[utoipa::path(
+    get, path = "/v1/queues", operation_id = "listQueues", tag = "queues",
+    summary = "Every queue Warren knows, with depth, consumers and paused state",
+    responses(
+        (status = 200, description = "The queues", body = Listing),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -26,6 +37,18 @@ pub async fn list(
 }
 
 /// `GET /v1/queues/{queue}`: depth, consumers, paused.
+#[utoipa::path(
+    get, path = "/v1/queues/{queue}", operation_id = "getQueue", tag = "queues",
+    summary = "A queue's (or ordered group's) depth, consumers and paused state",
+    params(("queue" = String, Path, description = "A queue or an ordered group")),
+    responses(
+        (status = 200, description = "The queue", body = QueueInfo),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -35,6 +58,18 @@ pub async fn show(
 }
 
 /// `POST /v1/queues/{queue}/pause`.
+#[utoipa::path(
+    post, path = "/v1/queues/{queue}/pause", operation_id = "pauseQueue", tag = "queues",
+    summary = "Pause a queue on every Warren of the vhost, until resumed",
+    params(("queue" = String, Path, description = "A queue or an ordered group")),
+    responses(
+        (status = 200, description = "Paused", body = QueueInfo),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -44,6 +79,18 @@ pub async fn pause(
 }
 
 /// `POST /v1/queues/{queue}/resume`.
+#[utoipa::path(
+    post, path = "/v1/queues/{queue}/resume", operation_id = "resumeQueue", tag = "queues",
+    summary = "Resume a paused queue",
+    params(("queue" = String, Path, description = "A queue or an ordered group")),
+    responses(
+        (status = 200, description = "Resumed", body = QueueInfo),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -10,6 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Authenticated;
 use super::body::{self, JsonOut};
@@ -19,19 +20,23 @@ use crate::bus::{Delivery, SubscribeRequest};
 use crate::error::Error;
 
 /// Query parameters of a subscription.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// Most unacked deliveries on this stream (0: `subscribe.default_prefetch`).
     prefetch: u32,
+    /// At-most-once: the broker considers messages acked once sent.
     auto_ack: bool,
     /// Bind the queue (or, with queue `_`, a temporary one) to this exchange.
     exchange: String,
-    /// Comma-separated binding keys.
+    /// Comma-separated binding keys (with `exchange`).
     binding_keys: String,
     /// Headers-exchange matching: comma-separated `name:value` pairs.
     header_match: String,
     /// With header_match: all must match (`x-match=all`), else any.
     match_all: bool,
+    /// The consumer's priority (`x-priority`).
     consumer_priority: i32,
     /// Ack deadline in ms (0: none): Warren requeues a delivery not acked in time.
     ack_deadline_ms: u32,
@@ -42,9 +47,11 @@ pub struct Params {
     access_token: Option<String>,
 }
 
-/// A delivery as one line of JSON.
-#[derive(Debug, Serialize)]
+/// A delivery as one line of JSON (an SSE event's data).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Delivery)]
 pub struct JsonDelivery {
+    /// The id to ack or nack it by.
     delivery_id: String,
     message: JsonOut,
     exchange: String,
@@ -93,6 +100,27 @@ fn event(item: Result<Delivery, Error>, cloudevents: bool) -> Event {
 }
 
 /// `GET /v1/subscribe/{queue}?prefetch=N&auto_ack=false`.
+#[utoipa::path(
+    get, path = "/v1/subscribe/{queue}", operation_id = "subscribe", tag = "subscribe",
+    summary = "Stream deliveries as Server-Sent Events",
+    description = "A `text/event-stream`: first a comment `: subscribed queue=<name>` once \
+        the consumer is registered, then one event per delivery (`id:` the delivery id, \
+        `data:` the `Delivery` as one line of JSON, or a structured CloudEvent with \
+        `format=cloudevents`); an `error` event (a `Problem`) when the broker ends the \
+        subscription. Queue `_` with `exchange` is a temporary queue of this stream.",
+    params(
+        ("queue" = String, Path, description = "The queue (or ordered group) to consume"),
+        Params,
+    ),
+    responses(
+        (status = 200, description = "The stream of deliveries", content_type = "text/event-stream", body = String),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
 pub async fn subscribe(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated<true>,
@@ -152,19 +180,31 @@ pub async fn subscribe(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
 }
 
-/// The body of `POST /v1/ack` and `POST /v1/nack`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/ack`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SettleRequest {
+pub struct AckJson {
+    #[schema(min_items = 1)]
     delivery_ids: Vec<String>,
+}
+
+/// The body of `POST /v1/nack`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NackJson {
+    #[schema(min_items = 1)]
+    delivery_ids: Vec<String>,
+    /// Retry under the queue's retry policy (else dead-letter).
     #[serde(default)]
     requeue: bool,
-    #[serde(default)]
+    /// With requeue: redeliver after this many ms (at most 30 days).
+    #[serde(default, deserialize_with = "body::whole::deserialize")]
+    #[schema(maximum = 2_592_000_000_u32)]
     delay_ms: u32,
 }
 
 /// How many deliveries were settled.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Settled {
     #[serde(skip_serializing_if = "Option::is_none")]
     acked: Option<u32>,
@@ -172,28 +212,38 @@ pub struct Settled {
     nacked: Option<u32>,
 }
 
-async fn settle_request(
+async fn settle_request<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<SettleRequest, Problem> {
+) -> Result<T, Problem> {
     let (request, _) = body::read_json(&state.limits, headers, body, 1024 * 1024).await?;
     Ok(request)
 }
 
 /// `POST /v1/ack` `{delivery_ids}`.
+#[utoipa::path(
+    post, path = "/v1/ack", operation_id = "ack", tag = "subscribe",
+    summary = "Acknowledge deliveries",
+    request_body(content((AckJson = "application/json"))),
+    responses(
+        (status = 200, description = "Acked", body = Settled),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn ack(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settled>, Problem> {
-    let request = settle_request(&state, &headers, body).await?;
-    if request.requeue || request.delay_ms != 0 {
-        return Err(
-            Error::InvalidArgument("requeue and delay_ms belong to /v1/nack".into()).into(),
-        );
-    }
+    let request: AckJson = settle_request(&state, &headers, body).await?;
     let acked = state.bus.ack(&caller, &request.delivery_ids).await?;
     Ok(Json(Settled {
         acked: Some(acked),
@@ -202,13 +252,28 @@ pub async fn ack(
 }
 
 /// `POST /v1/nack` `{delivery_ids, requeue}`.
+#[utoipa::path(
+    post, path = "/v1/nack", operation_id = "nack", tag = "subscribe",
+    summary = "Reject deliveries: dead-letter, or retry under the retry policy",
+    request_body(content((NackJson = "application/json"))),
+    responses(
+        (status = 200, description = "Nacked", body = Settled),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn nack(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settled>, Problem> {
-    let request = settle_request(&state, &headers, body).await?;
+    let request: NackJson = settle_request(&state, &headers, body).await?;
     let nacked = state
         .bus
         .nack(

@@ -2,6 +2,8 @@
 //! broker, talk to it over the wire, and look at the broker with plain lapin.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
 pub mod tls;
 
 use std::time::Duration;

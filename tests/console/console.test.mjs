@@ -6,7 +6,9 @@
 // letters listed. Screenshots of each page go to docs/console/.
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   browser, call, cleanup, confirmDialog, depth, notice, ok, openPage, publish, RUN, sha256, SHOTS, startWarren,
@@ -56,6 +58,7 @@ partitions = 1
 
 let warren;
 let chrome;
+const tmp = mkdtempSync(join(tmpdir(), 'warren-console-test-'));
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
@@ -244,6 +247,24 @@ describe('console', () => {
     await page.context().close();
   });
 
+  test("a Warren with the spool on: the page shows Warren's own state", { timeout: LIMIT }, async () => {
+    const spooled = await startWarren(`[spool]\nenabled = true\ndir = "${join(tmp, 'spool')}"\n`, 'spool');
+    try {
+      const state = await ok(spooled, 'GET', '/v1/spool');
+      assert.equal(state.enabled, true);
+      const page = await openPage(chrome, `${spooled.url}/console/#spool`);
+      await page.locator('#spool-state').waitFor({ state: 'visible' });
+      assert.equal(await page.locator('#spool-messages').textContent(), `${state.messages} messages`);
+      assert.match(await page.locator('#spool-forwarding').textContent(), /connected/);
+      await page.locator('#spool-list .empty').waitFor();
+      assert.equal(await page.locator('#spool-off').isVisible(), false);
+      assert.deepEqual(page.errors, []);
+      await page.context().close();
+    } finally {
+      await spooled.stop();
+    }
+  });
+
   test('the spool page lists the dead-letter spool and replays the selected', { timeout: LIMIT }, async () => {
     // The spool's endpoints answer these shapes (CONTRACT: Spool); the
     // browser is handed them so that the page is tested whatever this
@@ -251,13 +272,13 @@ describe('console', () => {
     const page = await openPage(chrome);
     const posted = [];
     await page.route('**/v1/spool', (route) => route.fulfill({
-      json: { enabled: true, messages: 12, bytes: 48_213, max_bytes: 1_073_741_824, oldest_seconds: 95, dead: 2 },
+      json: { enabled: true, messages: 12, bytes: 48_213, max_bytes: 1_073_741_824, oldest_seconds: 95, dead: 2, broker_connected: false },
     }));
     await page.route('**/v1/spool/dead?limit=*', (route) => route.fulfill({
       json: {
         messages: [
-          { id: 'evt-1', reason: 'unroutable', message: { exchange: 'billing', routing_key: 'invoice.paid', body: '{"invoice":17}', content_type: 'application/json' } },
-          { id: 'evt-2', reason: 'exchange "gone" does not exist', message: { exchange: 'gone', routing_key: 'x', body: 'plain text' } },
+          { id: 'evt-1', reason: 'unroutable', exchange: 'billing', routing_key: 'invoice.paid', message: { body: '{"invoice":17}', content_type: 'application/json', message_id: 'evt-1' } },
+          { id: 'evt-2', reason: 'exchange "gone" does not exist', exchange: 'gone', routing_key: 'x', message: { body: 'plain text', message_id: 'evt-2' } },
         ],
       },
     }));
@@ -268,6 +289,8 @@ describe('console', () => {
     await page.goto(consoleUrl('#spool'));
     await page.locator('li.letter[data-id="evt-2"]').waitFor();
     assert.match(await page.locator('#spool-messages').textContent(), /12 messages/);
+    assert.match(await page.locator('#spool-forwarding').textContent(), /broker is away/);
+    assert.equal(await page.locator('li.letter[data-id="evt-1"] .queue').textContent(), 'billing / invoice.paid');
     await page.check('li.letter[data-id="evt-1"] input.pick');
     await page.locator('li.letter[data-id="evt-1"] summary').click();
     await page.screenshot({ path: `${SHOTS}spool.png` });

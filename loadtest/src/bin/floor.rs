@@ -37,6 +37,7 @@ fn answer(request: &PublishRequest) -> PublishResponse {
         code: 0,
         error: String::new(),
         message_id: uuid::Uuid::new_v4().to_string(),
+        spooled: false,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::message::{check_short, Message};
 
 /// A queue as operators see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueInfo {
     pub name: String,
     /// Ready messages (for an ordered group: in its partitions and waiting

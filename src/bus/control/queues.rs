@@ -22,7 +22,8 @@ use crate::error::Error;
 const CONCURRENCY: usize = 8;
 
 /// What a listed queue is to Warren.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = QueueKind)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A queue of `[topology]` or `[[push]]`.
@@ -35,8 +36,21 @@ pub enum Kind {
     OrderedGroup,
 }
 
+impl Kind {
+    /// Its name, as in the JSON listing.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Queue => "queue",
+            Kind::DeadLetter => "dead_letter",
+            Kind::Retry => "retry",
+            Kind::OrderedGroup => "ordered_group",
+        }
+    }
+}
+
 /// One entry of the listing.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = ListedQueue)]
 pub struct Listed {
     #[serde(flatten)]
     pub info: QueueInfo,
@@ -164,5 +178,13 @@ mod tests {
             serde_json::json!({"name": "q", "messages": 3, "consumers": 1, "paused": true,
                 "kind": "ordered_group", "dead_letter_queue": "q.dlq", "exists": true})
         );
+        for kind in [
+            Kind::Queue,
+            Kind::DeadLetter,
+            Kind::Retry,
+            Kind::OrderedGroup,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }

@@ -44,13 +44,33 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// How many dead letters a listing shows when the request says nothing.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
 /// Which dead letters an operation takes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// Those with these message ids.
     Ids(Vec<String>),
     /// All of them (up to the scan limit).
     All,
+}
+
+impl Selection {
+    /// The selection a request names: a non-empty list of `ids`, or `all`;
+    /// both, neither or an empty list are INVALID_ARGUMENT.
+    pub fn new(ids: Option<Vec<String>>, all: bool) -> Result<Self, Error> {
+        match (ids, all) {
+            (Some(_), true) => Err(Error::InvalidArgument(
+                "give either ids or all, not both".into(),
+            )),
+            (Some(ids), false) if !ids.is_empty() => Ok(Selection::Ids(ids)),
+            (None, true) => Ok(Selection::All),
+            _ => Err(Error::InvalidArgument(
+                "give ids (a non-empty list) or \"all\": true".into(),
+            )),
+        }
+    }
 }
 
 /// Corrections applied to replayed messages; `None` keeps the stored value.
@@ -61,6 +81,35 @@ pub struct Patch {
     pub content_encoding: Option<String>,
     /// Replaces the application headers (Warren's own are kept).
     pub headers: Option<Headers>,
+}
+
+impl Patch {
+    /// Refuses corrections that could not be published: a body over
+    /// `max_body` bytes, Warren's own (`x-warren-`) headers, over-long
+    /// content type or encoding.
+    pub fn check(&self, max_body: usize) -> Result<(), Error> {
+        if let Some(body) = &self.body {
+            if body.len() > max_body {
+                return Err(Error::TooLarge {
+                    what: "message body",
+                    size: body.len(),
+                    limit: max_body,
+                });
+            }
+        }
+        if let Some(headers) = &self.headers {
+            crate::message::check_client_headers(headers)?;
+        }
+        for (what, value) in [
+            ("content_type", &self.content_type),
+            ("content_encoding", &self.content_encoding),
+        ] {
+            if let Some(v) = value {
+                check_short(what, v)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What an operation did.
@@ -103,26 +152,7 @@ impl Bus {
     ) -> Result<Outcome, Error> {
         caller.permit(Access::Admin)?;
         let _pass = self.enter_broker()?;
-        if let Some(body) = &patch.body {
-            if body.len() > self.config.publish.max_body_bytes {
-                return Err(Error::TooLarge {
-                    what: "message body",
-                    size: body.len(),
-                    limit: self.config.publish.max_body_bytes,
-                });
-            }
-        }
-        if let Some(headers) = &patch.headers {
-            crate::message::check_client_headers(headers)?;
-        }
-        for (what, value) in [
-            ("content_type", &patch.content_type),
-            ("content_encoding", &patch.content_encoding),
-        ] {
-            if let Some(v) = value {
-                check_short(what, v)?;
-            }
-        }
+        patch.check(self.config.publish.max_body_bytes)?;
         self.dead_letters.replay(dlq, selection, patch).await
     }
 
@@ -136,5 +166,46 @@ impl Bus {
         caller.permit(Access::Admin)?;
         let _pass = self.enter()?;
         self.dead_letters.discard(dlq, selection).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selection_is_some_ids_or_all() {
+        let ids = || Some(vec!["a".to_owned()]);
+        assert_eq!(
+            Selection::new(ids(), false).unwrap(),
+            Selection::Ids(vec!["a".into()])
+        );
+        assert_eq!(Selection::new(None, true).unwrap(), Selection::All);
+        for (ids, all) in [(None, false), (Some(vec![]), false), (ids(), true)] {
+            assert!(
+                matches!(
+                    Selection::new(ids.clone(), all),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{ids:?} {all}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrections_are_checked_like_publishes() {
+        let big = Patch {
+            body: Some(bytes::Bytes::from_static(b"12345")),
+            ..Default::default()
+        };
+        assert!(matches!(big.check(4), Err(Error::TooLarge { .. })));
+        assert!(big.check(5).is_ok());
+        let mut headers = Headers::new();
+        headers.insert("x-warren-attempt".into(), 1.into());
+        let own = Patch {
+            headers: Some(headers),
+            ..Default::default()
+        };
+        assert!(matches!(own.check(10), Err(Error::InvalidArgument(_))));
     }
 }

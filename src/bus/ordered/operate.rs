@@ -110,6 +110,8 @@ impl Bus {
         key: &str,
         patch: &Patch,
     ) -> Result<(), Error> {
+        caller.permit(Access::Admin)?;
+        patch.check(self.config.publish.max_body_bytes)?;
         self.release(caller, group, key, Release::Retry(patch))
             .await
     }

@@ -13,10 +13,12 @@ mod shared;
 mod validate;
 mod verdict;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::spool::Route;
 use super::Bus;
 use crate::auth::{Access, Caller};
 use crate::error::Error;
@@ -48,6 +50,9 @@ pub struct Publish {
     pub ordering_key: String,
     /// When to route the message (scheduled publish); now by default.
     pub schedule: Schedule,
+    /// Whether it may go into the spool while the broker cannot be reached;
+    /// `None` takes `spool.default`.
+    pub allow_spool: Option<bool>,
 }
 
 /// When a publish asks to be routed: `delay_ms` from now, or at
@@ -67,11 +72,14 @@ impl Schedule {
     }
 }
 
-/// A publish the broker confirmed.
+/// A publish the broker confirmed, or the spool took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmed {
     /// The id the message was published with.
     pub message_id: String,
+    /// Written to the spool (the broker could not be reached), not yet
+    /// confirmed by the broker: it is forwarded once the broker is back.
+    pub spooled: bool,
 }
 
 /// A pending publish: resolves once the broker confirmed (or refused) it.
@@ -109,15 +117,25 @@ impl Bus {
     /// channel of the publisher named (its messages keep their order), else
     /// on one of the shared channels.
     pub async fn publish_unary(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         publisher: Option<&str>,
         publish: Publish,
     ) -> Result<Confirmed, Error> {
         let Some(name) = publisher else {
+            let started = Instant::now();
             self.counted(admit(caller, &publish))?;
-            let _pass = self.counted(self.enter_broker())?;
-            return self.publish_shared(publish).await;
+            let publish = self.counted(self.check(publish))?;
+            return match self.counted(self.route(&publish))? {
+                Route::Broker(_pass) => {
+                    let publish = self.counted(self.resolve(publish).await)?;
+                    self.shared.publish(&publish, None, started).await
+                }
+                Route::Spool(spool, _pass) => {
+                    let durable = self.counted(self.spool_in(&spool, &publish).await)?;
+                    self.spooled(durable, publish.message.message_id).await
+                }
+            };
         };
         if name.is_empty() || name.len() > 128 {
             return self.counted(Err(Error::InvalidArgument(
@@ -146,18 +164,46 @@ impl Bus {
     }
 
     /// Checks `publish` against its publisher's permissions and rate,
-    /// validates it and queues it on `publisher`, in call order.
+    /// validates it and queues it on `publisher` (or in the spool, see
+    /// [`Bus::route`]), in call order.
     /// The returned future resolves with the broker's verdict; the drain
     /// waits for it.
     pub async fn submit(
-        &self,
+        self: &Arc<Self>,
         publisher: &PublisherHandle,
         publish: Publish,
     ) -> Result<Pending, Error> {
         let started = Instant::now();
         self.counted(admit(&publisher.caller, &publish))?;
-        let pass = self.counted(self.enter_broker())?;
-        let publish = self.counted(self.prepare(publish).await)?;
+        let publish = self.counted(self.check(publish))?;
+        let pass = match self.counted(self.route(&publish))? {
+            Route::Broker(pass) => pass,
+            Route::Spool(spool, pass) => {
+                // Queued in call order; answered once durable.
+                let durable = self.counted(self.spool_in(&spool, &publish).await)?;
+                let (reply, pending) = oneshot::channel();
+                let bus = self.clone();
+                tokio::spawn(async move {
+                    let _pass = pass;
+                    let spooled = bus.spooled(durable, publish.message.message_id).await;
+                    let _ = reply.send(spooled);
+                });
+                return Ok(pending);
+            }
+        };
+        self.send_checked(publisher, publish, started, pass).await
+    }
+
+    /// Queues `publish`, which [`Bus::check`] passed, on `publisher`; the
+    /// caller holds `pass`, a pass for the broker.
+    pub(crate) async fn send_checked(
+        &self,
+        publisher: &PublisherHandle,
+        publish: Publish,
+        started: Instant,
+        pass: crate::bus::drain::Pass,
+    ) -> Result<Pending, Error> {
+        let publish = self.counted(self.resolve(publish).await)?;
         let (reply, pending) = oneshot::channel();
         let command = session::Command {
             publish,

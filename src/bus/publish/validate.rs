@@ -17,11 +17,18 @@ pub const MAX_EXPIRATION_MS: u64 = 315_360_000_000;
 const HEADER_FRAME_SLACK: usize = 64;
 
 impl Bus {
-    /// Validates `publish`, gives its message an id, and checks that its
-    /// exchange exists; a scheduled one is checked further and rewritten
-    /// into the delay (see [`crate::bus::schedule`]). The caller holds a
-    /// pass and was authorized on the publish's own exchange.
-    pub(crate) async fn prepare(&self, mut publish: Publish) -> Result<Publish, Error> {
+    /// [`Bus::check`], then [`Bus::resolve`]: ready to go to the broker.
+    pub(crate) async fn prepare(&self, publish: Publish) -> Result<Publish, Error> {
+        let publish = self.check(publish)?;
+        self.resolve(publish).await
+    }
+
+    /// What can be checked without the broker: validates `publish`, routes
+    /// an ordered group's key, makes a schedule absolute (`deliver_at_ms`,
+    /// so a delay counts from now even when the publish waits in the spool)
+    /// and gives the message an id. The caller was authorized on the
+    /// publish's own exchange.
+    pub(crate) fn check(&self, mut publish: Publish) -> Result<Publish, Error> {
         check_short("exchange", &publish.exchange)?;
         check_short("routing_key", &publish.routing_key)?;
         publish
@@ -29,10 +36,15 @@ impl Bus {
             .validate(self.config.publish.max_body_bytes)?;
         // Adds the ordering key's header: before the frame size is checked.
         self.ordered.route(&mut publish)?;
-        let delay = schedule::plan(publish.schedule, schedule::now_ms())?;
-        if delay.is_none() {
-            publish.schedule = Schedule::default(); // routed now
-        }
+        let now = schedule::now_ms();
+        let delay = schedule::plan(publish.schedule, now)?;
+        publish.schedule = match &delay {
+            Some(delay) => Schedule {
+                delay_ms: 0,
+                deliver_at_ms: delay.due_ms,
+            },
+            None => Schedule::default(), // routed now
+        };
         let message = &publish.message;
         if message.expiration_ms > MAX_EXPIRATION_MS {
             return Err(Error::InvalidArgument(format!(
@@ -69,10 +81,19 @@ impl Bus {
             }
         }
         publish.message.ensure_id();
+        Ok(publish)
+    }
+
+    /// What needs the broker, for a publish [`Bus::check`] passed: checks
+    /// that its exchange exists; a scheduled one still due later is
+    /// rewritten into the delay (see [`crate::bus::schedule`]), one due by
+    /// now is routed at once. The caller holds a pass.
+    pub(crate) async fn resolve(&self, mut publish: Publish) -> Result<Publish, Error> {
         self.exchanges.check(&publish.exchange).await?;
-        if let Some(delay) = delay {
+        match schedule::plan(publish.schedule, schedule::now_ms())? {
             // The caller was authorized on this exchange, not on the chain.
-            self.schedule(&mut publish, delay).await?;
+            Some(delay) => self.schedule(&mut publish, delay).await?,
+            None => publish.schedule = Schedule::default(),
         }
         Ok(publish)
     }

@@ -120,6 +120,7 @@ impl Context {
 pub(crate) fn verdict(outcome: Outcome, publish: &Publish) -> Result<Confirmed, Error> {
     match outcome {
         Outcome::Acked => Ok(Confirmed {
+            spooled: false,
             message_id: publish.message.message_id.clone(),
         }),
         Outcome::Returned => Err(Error::Unroutable {
@@ -148,6 +149,7 @@ pub(crate) fn outcome_of(error: &Error) -> usize {
         | Error::Unauthenticated(_)
         | Error::RateLimited { .. }
         | Error::LimitReached(_) => outcome::INVALID,
+        Error::SpoolFull { .. } => outcome::SPOOL_FULL,
         Error::Unavailable { .. }
         | Error::DeadlineExceeded(_)
         | Error::ShuttingDown

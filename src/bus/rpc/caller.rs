@@ -139,6 +139,12 @@ impl Rpc {
         }
     }
 
+    /// Publishes the request and waits for its reply. A request the broker
+    /// nacks is sent again on a fresh channel (the nacking one is replaced,
+    /// as publishers do: after a cluster node dies, RabbitMQ nacks every
+    /// publish of a channel that published to a quorum queue before its new
+    /// leader was elected), up to [`NACK_RETRIES`] times within the call's
+    /// timeout.
     async fn exchange(
         &self,
         request: Publish,
@@ -146,14 +152,46 @@ impl Rpc {
         waiting: Waiting<'_>,
     ) -> Result<Message, Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let (live, _) = slot.get(async || self.open().await).await?;
+        let mut tries = 0;
+        loop {
+            let (live, generation) = slot.get(async || self.open().await).await?;
+            match self.attempt(&live, &request, timeout).await {
+                Err(Error::Nacked) if tries < NACK_RETRIES => {
+                    tries += 1;
+                    // Other calls on it keep their channel until they end.
+                    slot.invalidate(generation);
+                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+                }
+                Err(e) => {
+                    waiting.settled();
+                    return Err(e);
+                }
+                Ok(reply) => {
+                    waiting.settled();
+                    return reply.rx.await.map_err(|_| {
+                        Error::unavailable("the RPC channel closed before the reply arrived")
+                    });
+                }
+            }
+        }
+    }
+
+    /// Publishes the request once on `live`; the reply's receiver once the
+    /// broker confirmed it.
+    async fn attempt(
+        &self,
+        live: &Live,
+        request: &Publish,
+        timeout: Duration,
+    ) -> Result<Reply, Error> {
         let Publish {
             exchange,
             routing_key,
-            mut message,
+            message,
             mandatory,
             ..
         } = request;
+        let mut message = message.clone();
         let correlation_id = uuid::Uuid::new_v4().to_string();
         message.correlation_id = correlation_id.clone();
         message.reply_to = REPLY_TO.into();
@@ -170,12 +208,12 @@ impl Rpc {
             .unwrap_or_else(|e| e.into_inner())
             .insert(correlation_id.clone(), tx);
         // Forgets the call however it ends (answered, failed, timed out).
-        let _forget = Forget {
-            pending: &live.pending,
-            id: &correlation_id,
+        let forget = Forget {
+            pending: live.pending.clone(),
+            id: correlation_id,
         };
         let options = BasicPublishOptions {
-            mandatory,
+            mandatory: *mandatory,
             immediate: false,
         };
         let confirm = async {
@@ -191,22 +229,20 @@ impl Rpc {
                 .await
         }
         .await;
-        waiting.settled();
-        match confirm.map_err(|e| amqp::publish_error(e, &exchange))? {
-            Confirmation::Ack(None) => {}
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
-                return Err(Error::Unroutable {
-                    exchange,
-                    routing_key,
-                })
-            }
-            Confirmation::Nack(None) => return Err(Error::Nacked),
+        match confirm.map_err(|e| amqp::publish_error(e, exchange))? {
+            Confirmation::Ack(None) => Ok(Reply {
+                rx,
+                _forget: forget,
+            }),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(Error::Unroutable {
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+            }),
+            Confirmation::Nack(None) => Err(Error::Nacked),
             Confirmation::NotRequested => {
-                return Err(Error::Internal("RPC channel not in confirm mode".into()))
+                Err(Error::Internal("RPC channel not in confirm mode".into()))
             }
         }
-        rx.await
-            .map_err(|_| Error::unavailable("the RPC channel closed before the reply arrived"))
     }
 
     /// Closes the RPC channels (after the drain).
@@ -219,19 +255,28 @@ impl Rpc {
     }
 }
 
-struct Forget<'a> {
-    pending: &'a Pending,
-    id: &'a str,
+struct Forget {
+    pending: Pending,
+    id: String,
 }
 
-impl Drop for Forget<'_> {
+impl Drop for Forget {
     fn drop(&mut self) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(self.id);
+            .remove(&self.id);
     }
 }
+
+/// A confirmed request's reply to come; the call is forgotten when dropped.
+struct Reply {
+    rx: oneshot::Receiver<Message>,
+    _forget: Forget,
+}
+
+/// Times a nacked request is sent again on a fresh channel.
+const NACK_RETRIES: u32 = 3;
 
 /// Hands each reply to its pending call; replies nobody waits for are dropped.
 async fn read_replies(mut consumer: lapin::Consumer, pending: Pending, metrics: Metrics) {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::{Store, StoreError, Table};
+use super::Counts;
 
 /// Most appends in one commit.
 pub const MAX_BATCH: usize = 1024;
@@ -22,7 +23,19 @@ pub type Failed = Arc<StoreError>;
 
 struct Append {
     record: Vec<u8>,
+    /// What it counted in (given back when its commit fails).
+    size: u64,
     reply: oneshot::Sender<Result<u64, Failed>>,
+}
+
+/// An append queued: resolves once its commit is durable.
+pub struct Durable(oneshot::Receiver<Result<u64, Failed>>);
+
+impl Durable {
+    /// Its sequence number once durable.
+    pub async fn wait(self) -> Result<u64, Failed> {
+        self.0.await.map_err(|_| Arc::new(StoreError::stopped()))?
+    }
 }
 
 /// The handle callers append through; the writer thread ends when every
@@ -35,7 +48,7 @@ pub struct Appender {
 
 impl Appender {
     /// Starts the writer thread over `store`.
-    pub fn start(store: Arc<Store>) -> std::io::Result<Self> {
+    pub fn start(store: Arc<Store>, counts: Arc<Counts>) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Append>(MAX_BATCH);
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
@@ -55,12 +68,14 @@ impl Appender {
                     counted.fetch_add(1, Ordering::Relaxed);
                     match result {
                         Ok(ids) => {
+                            counts.written.notify_one();
                             for (append, id) in batch.into_iter().zip(ids) {
                                 let _ = append.reply.send(Ok(id));
                             }
                         }
                         Err(e) => {
                             for append in batch {
+                                counts.sub(1, append.size);
                                 let _ = append.reply.send(Err(e.clone()));
                             }
                         }
@@ -70,16 +85,29 @@ impl Appender {
         Ok(Self { tx, commits })
     }
 
+    /// Queues `record` behind every append queued before it; the answer
+    /// (its sequence number once the commit holding it is durable) comes on
+    /// the returned receiver. Waits only for room in the queue, so a caller
+    /// can queue several in order without waiting for each commit.
+    pub async fn enqueue(&self, record: Vec<u8>, size: u64) -> Result<Durable, Failed> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Append {
+                record,
+                size,
+                reply,
+            })
+            .await
+            .map_err(|_| Arc::new(StoreError::stopped()))?;
+        Ok(Durable(answer))
+    }
+
     /// Appends `record` behind every append before it; its sequence number
     /// once the commit holding it is durable.
+    #[cfg(test)]
     pub async fn append(&self, record: Vec<u8>) -> Result<u64, Failed> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || Arc::new(StoreError::stopped());
-        self.tx
-            .send(Append { record, reply })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let size = record.len() as u64;
+        self.enqueue(record, size).await?.wait().await
     }
 
     /// How many commits the writer made.
@@ -99,7 +127,7 @@ mod tests {
             uuid::Uuid::new_v4().simple()
         ));
         let store = Arc::new(Store::open(&dir).unwrap());
-        let appender = Appender::start(store.clone()).unwrap();
+        let appender = Appender::start(store.clone(), Arc::default()).unwrap();
         let appends = (0..256u32).map(|i| appender.append(i.to_be_bytes().to_vec()));
         let ids: Vec<u64> = futures::future::join_all(appends)
             .await

@@ -1,12 +1,14 @@
-//! How a spooled publish is written: a version byte, the length of a JSON
-//! document holding everything but the body (little-endian `u32`), that
-//! document, then the body's bytes as they are.
+//! How a spooled publish is written: a version byte, a CRC-32 of everything
+//! after it, the length of a JSON document holding everything but the body
+//! (both little-endian `u32`), that document, then the body's bytes as they
+//! are.
 //!
 //! JSON keeps the record readable by operators' tools and lets fields be
 //! added later; the body stays out of it so it is neither escaped nor
-//! base64-encoded. The store checksums its pages, so a record read back is
-//! the record written; `decode` still refuses anything malformed with a
-//! reason rather than panicking.
+//! base64-encoded. The store's commits are checksummed (a torn commit is
+//! rolled back on opening); the record's own CRC catches anything else that
+//! changed it, and `decode` refuses anything malformed with a reason rather
+//! than panicking.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -37,14 +39,28 @@ struct Meta {
     transient: bool,
     reply_to: String,
     user_id: String,
+    /// When it was spooled (Unix epoch ms).
+    #[serde(default)]
+    spooled_at_ms: i64,
     /// Why the broker refused it (dead-letter spool only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
 }
 
+/// A record read back.
+#[derive(Debug)]
+pub struct Record {
+    /// The publish, its schedule absolute (`deliver_at_ms`) or none.
+    pub publish: Publish,
+    /// When it was spooled (Unix epoch ms).
+    pub spooled_at_ms: i64,
+    /// Why the broker refused it (dead-letter spool only).
+    pub reason: Option<String>,
+}
+
 /// The record of `publish`, whose schedule is absolute (`deliver_at_ms`)
-/// or none; `reason` for the dead-letter spool.
-pub fn encode(publish: &Publish, reason: Option<&str>) -> Vec<u8> {
+/// or none, spooled at `spooled_at_ms`; `reason` for the dead-letter spool.
+pub fn encode(publish: &Publish, spooled_at_ms: i64, reason: Option<&str>) -> Vec<u8> {
     let m = &publish.message;
     let meta = Meta {
         exchange: publish.exchange.clone(),
@@ -65,28 +81,32 @@ pub fn encode(publish: &Publish, reason: Option<&str>) -> Vec<u8> {
         transient: m.transient,
         reply_to: m.reply_to.clone(),
         user_id: m.user_id.clone(),
+        spooled_at_ms,
         reason: reason.map(str::to_owned),
     };
     let json = serde_json::to_vec(&meta).expect("a publish's fields serialize");
-    let mut record = Vec::with_capacity(5 + json.len() + m.body.len());
+    let mut record = Vec::with_capacity(9 + json.len() + m.body.len());
     record.push(VERSION);
+    record.extend_from_slice(&[0; 4]);
     record.extend_from_slice(&(json.len() as u32).to_le_bytes());
     record.extend_from_slice(&json);
     record.extend_from_slice(&m.body);
+    let crc = crc32fast::hash(&record[5..]);
+    record[1..5].copy_from_slice(&crc.to_le_bytes());
     record
 }
 
-/// The publish a record holds.
-pub fn decode(record: &[u8]) -> Result<Publish, String> {
-    decode_dead(record).map(|(publish, _)| publish)
-}
-
-/// The publish a record holds, and the reason it was refused when it is
-/// from the dead-letter spool.
-pub fn decode_dead(record: &[u8]) -> Result<(Publish, Option<String>), String> {
+/// What a record holds.
+pub fn decode(record: &[u8]) -> Result<Record, String> {
     let (&version, rest) = record.split_first().ok_or("an empty record")?;
     if version != VERSION {
         return Err(format!("record version {version}, expected {VERSION}"));
+    }
+    let (crc, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or("a record cut short in its checksum")?;
+    if u32::from_le_bytes(*crc) != crc32fast::hash(rest) {
+        return Err("a record whose checksum does not match (torn or damaged)".into());
     }
     let (len, rest) = rest
         .split_first_chunk::<4>()
@@ -123,8 +143,14 @@ pub fn decode_dead(record: &[u8]) -> Result<(Publish, Option<String>), String> {
             delay_ms: 0,
             deliver_at_ms: meta.deliver_at_ms,
         },
+        // Forwarding never spools it again.
+        allow_spool: Some(false),
     };
-    Ok((publish, meta.reason))
+    Ok(Record {
+        publish,
+        spooled_at_ms: meta.spooled_at_ms,
+        reason: meta.reason,
+    })
 }
 
 #[cfg(test)]
@@ -143,6 +169,7 @@ mod tests {
                 delay_ms: 0,
                 deliver_at_ms: 1_800_000_000_000,
             },
+            allow_spool: Some(true),
             message: Message {
                 body: Bytes::from_static(b"\x00\xffnot json {"),
                 content_type: "application/octet-stream".into(),
@@ -160,7 +187,12 @@ mod tests {
     #[test]
     fn a_publish_comes_back_as_it_went_in() {
         let publish = sample();
-        let (back, reason) = decode_dead(&encode(&publish, None)).unwrap();
+        let Record {
+            publish: back,
+            spooled_at_ms,
+            reason,
+        } = decode(&encode(&publish, 1_700_000_000_123, None)).unwrap();
+        assert_eq!(spooled_at_ms, 1_700_000_000_123);
         assert_eq!(back.message, publish.message);
         assert_eq!(
             (
@@ -173,19 +205,27 @@ mod tests {
         assert_eq!(back.ordering_key, "customer-7");
         assert_eq!(back.schedule, publish.schedule);
         assert_eq!(reason, None);
-        let (_, reason) = decode_dead(&encode(&publish, Some("no exchange"))).unwrap();
+        let reason = decode(&encode(&publish, 0, Some("no exchange")))
+            .unwrap()
+            .reason;
         assert_eq!(reason.as_deref(), Some("no exchange"));
     }
 
     #[test]
     fn malformed_records_are_refused_with_a_reason() {
-        let good = encode(&sample(), None);
-        assert!(decode(&[]).is_err());
-        assert!(decode(&[9, 0, 0, 0, 0]).unwrap_err().contains("version"));
-        assert!(decode(&good[..3]).unwrap_err().contains("length"));
-        assert!(decode(&good[..20]).unwrap_err().contains("fields"));
-        let mut bad = good.clone();
-        bad[6] = b'!';
-        assert!(decode(&bad).is_err());
+        let good = encode(&sample(), 0, None);
+        let error = |record: &[u8]| decode(record).unwrap_err();
+        assert!(error(&[]).contains("empty"));
+        assert!(error(&[9, 0, 0, 0, 0]).contains("version"));
+        assert!(error(&good[..3]).contains("cut short"));
+        // A record torn anywhere, or with one byte changed, fails its checksum.
+        for cut in [9, 20, good.len() - 1] {
+            assert!(error(&good[..cut]).contains("checksum"), "cut at {cut}");
+        }
+        for at in [5, 12, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert!(error(&bad).contains("checksum"), "byte {at} changed");
+        }
     }
 }

@@ -154,17 +154,45 @@ impl Store {
         Ok(removed)
     }
 
-    /// Moves record `id` from `spooled` to `dead` as `record` (the original
-    /// with the broker's reason), in one durable commit.
-    pub fn bury(&self, id: u64, record: &[u8]) -> Result<(), StoreError> {
+    /// In one durable commit: removes `done` from `spooled`, and moves
+    /// `refused` from `spooled` to `dead` as the records given (the
+    /// originals with the broker's reason).
+    pub fn settle(&self, done: &[u64], refused: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(failed("begin"))?;
         {
             let mut spooled = txn.open_table(SPOOLED).map_err(failed("open"))?;
-            spooled.remove(id).map_err(failed("remove"))?;
+            for id in done.iter().chain(refused.iter().map(|(id, _)| id)) {
+                spooled.remove(id).map_err(failed("remove"))?;
+            }
             let mut dead = txn.open_table(DEAD).map_err(failed("open"))?;
-            dead.insert(id, record).map_err(failed("insert"))?;
+            for (id, record) in refused {
+                dead.insert(id, record.as_slice())
+                    .map_err(failed("insert"))?;
+            }
         }
         txn.commit().map_err(failed("commit"))
+    }
+
+    /// Moves dead records `ids` back to the end of `spooled` as `records`
+    /// (each possibly corrected), in one durable commit; their new sequence
+    /// numbers.
+    pub fn revive(&self, ids: &[u64], records: &[&[u8]]) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_write().map_err(failed("begin"))?;
+        let mut new = Vec::with_capacity(records.len());
+        {
+            let mut dead = txn.open_table(DEAD).map_err(failed("open"))?;
+            for id in ids {
+                dead.remove(id).map_err(failed("remove"))?;
+            }
+            let mut spooled = txn.open_table(SPOOLED).map_err(failed("open"))?;
+            for record in records {
+                let id = self.next.fetch_add(1, Ordering::Relaxed);
+                spooled.insert(id, *record).map_err(failed("insert"))?;
+                new.push(id);
+            }
+        }
+        txn.commit().map_err(failed("commit"))?;
+        Ok(new)
     }
 
     /// How many records `table` holds, and their bytes.
@@ -220,11 +248,17 @@ mod tests {
             .append(Table::Spooled, &[b"1", b"22", b"333"])
             .unwrap();
         assert_eq!(store.remove(Table::Spooled, &[ids[0], 9_999]).unwrap(), 1);
-        store.bury(ids[1], b"22 refused").unwrap();
+        store
+            .settle(&[], &[(ids[1], b"22 refused".to_vec())])
+            .unwrap();
         assert_eq!(store.size(Table::Spooled).unwrap(), (1, 3));
         assert_eq!(store.size(Table::Dead).unwrap(), (1, 10));
         let after_first = store.read(Table::Spooled, ids[1], 10).unwrap();
         assert_eq!(after_first, vec![(ids[2], b"333".to_vec())]);
+        let revived = store.revive(&[ids[1]], &[b"22 fixed"]).unwrap();
+        assert!(revived[0] > ids[2], "a revived record goes to the end");
+        assert_eq!(store.size(Table::Dead).unwrap(), (0, 0));
+        assert_eq!(store.size(Table::Spooled).unwrap(), (2, 11));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -23,6 +23,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
+use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::body;
@@ -34,8 +35,10 @@ use crate::error::{code, Error};
 use split::{Framing, Item, Splitter};
 
 /// The answer to one entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = BatchOutcome)]
 pub struct Outcome {
+    /// The id it was published with ("" when it failed).
     message_id: String,
     /// The gRPC status code: 0 once confirmed.
     code: u32,
@@ -43,6 +46,9 @@ pub struct Outcome {
     error: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     request_id: String,
+    /// Written to the spool, not yet confirmed by the broker.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spooled: bool,
 }
 
 impl Outcome {
@@ -53,19 +59,22 @@ impl Outcome {
                 code: code::OK,
                 error: String::new(),
                 request_id,
+                spooled: confirmed.spooled,
             },
             Err(e) => Self {
                 message_id: String::new(),
                 code: e.code(),
                 error: e.to_string(),
                 request_id,
+                spooled: false,
             },
         }
     }
 }
 
 /// The answer to a batch: one outcome per entry, in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = BatchResults)]
 pub struct Results {
     results: Vec<Outcome>,
 }
@@ -101,6 +110,27 @@ fn framing(headers: &HeaderMap) -> Result<Framing, Problem> {
 }
 
 /// `POST /v1/publish/batch`.
+#[utoipa::path(
+    post, path = "/v1/publish/batch", operation_id = "publishBatch", tag = "publish",
+    summary = "Publish many messages in order, each answered alone",
+    description = "A JSON array of publish objects, or NDJSON (one per line). The messages \
+        go on one channel in order; each entry fails alone (its `code` is the gRPC status \
+        code, 0 once confirmed). A body that stops making sense before anything was \
+        published fails whole.",
+    request_body(content(
+        (Vec<super::publish::PublishJson> = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 200, description = "One result per entry read, in order", body = Results),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn publish(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

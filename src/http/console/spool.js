@@ -1,5 +1,5 @@
 // The spool: `GET /v1/spool` (enabled, messages, bytes, max_bytes,
-// oldest_seconds, dead; 404 or enabled false: off) and the dead-letter
+// oldest_seconds, dead, broker_connected; 404 or enabled false: off) and the dead-letter
 // spool (`GET /v1/spool/dead`), whose messages are replayed (optionally
 // corrected) or discarded like dead letters.
 
@@ -32,17 +32,12 @@ export function spoolPage() {
     replay: $('spool-replay-selected'), discard: $('spool-discard-selected'),
   }, {
     noun: 'spooled message',
-    describe: (d) => {
-      const m = d.message || {};
-      return [
-        el('code', { class: 'id' }, d.id),
-        el('span', { class: 'reason' }, d.reason),
-        m.exchange !== undefined || m.routing_key !== undefined
-          ? el('span', { class: 'queue', title: 'exchange / routing key' },
-            `${m.exchange || 'amq.default'} / ${m.routing_key ?? ''}`)
-          : null,
-      ];
-    },
+    describe: (d) => [
+      el('code', { class: 'id' }, d.id),
+      el('span', { class: 'reason' }, d.reason),
+      el('span', { class: 'queue', title: 'published to: exchange / routing key' },
+        `${d.exchange || 'amq.default'} / ${d.routing_key ?? ''}`),
+    ],
     act: async (kind, chosen, patch) => {
       const body = { ids: [...new Set(chosen.map((d) => d.id))] };
       if (patch && Object.keys(patch).length) body.message = patch;
@@ -79,7 +74,10 @@ export function spoolPage() {
       el('dt', {}, 'Waiting to be forwarded'), el('dd', { id: 'spool-messages' }, plural(state.messages, 'message')),
       el('dt', {}, 'Size'), el('dd', {}, `${bytes(state.bytes)}${full}`),
       el('dt', {}, 'Oldest'), el('dd', {}, seconds(state.oldest_seconds)),
-      el('dt', {}, 'Refused by the broker'), el('dd', { id: 'spool-dead-count' }, plural(state.dead, 'message')));
+      el('dt', {}, 'Refused by the broker'), el('dd', { id: 'spool-dead-count' }, plural(state.dead, 'message')),
+      state.broker_connected === undefined ? null : el('dt', {}, 'Forwarding'),
+      state.broker_connected === undefined ? null
+        : el('dd', { id: 'spool-forwarding' }, state.broker_connected ? 'yes: connected to the broker' : 'no: the broker is away'));
     const answer = await run(() => api('GET', '/v1/spool/dead?limit=1000'), { clear });
     dead.hidden = false;
     list.render(answer?.messages || []);
