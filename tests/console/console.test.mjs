@@ -293,6 +293,7 @@ describe('console', () => {
     assert.equal(await page.locator('li.letter[data-id="evt-1"] .queue').textContent(), 'billing / invoice.paid');
     await page.check('li.letter[data-id="evt-1"] input.pick');
     await page.locator('li.letter[data-id="evt-1"] summary').click();
+    assert.equal(await page.locator('li.letter[data-id="evt-1"] pre.body').textContent(), JSON.stringify({ invoice: 17 }, null, 2));
     await page.screenshot({ path: `${SHOTS}spool.png` });
     await page.click('#spool-replay-selected');
     assert.match(await confirmDialog(page), /Replay spooled message evt-1/);
