@@ -232,6 +232,23 @@ async fn answers_match_their_schemas() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // A correction names only what can be corrected (as gRPC's MessagePatch).
+    let response = http
+        .post(warren.url(&format!("/v1/dead-letters/{queue}.dlq/replay")))
+        .json(&json!({"all": true, "message": {"message_id": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // A numeric header that is there holds a number.
+    let response = http
+        .post(warren.url(&format!("/v1/publish/amq.default/{queue}")))
+        .header("x-warren-priority", "")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
     // An array is not a request object.
     let response = http
         .post(warren.url("/v1/nack"))
@@ -245,4 +262,24 @@ async fn answers_match_their_schemas() {
         .await
         .delete_queues(&[queue.clone(), format!("{queue}.dlq")])
         .await;
+}
+
+/// With auth on the document needs a credential, like every endpoint but
+/// health, readiness and public metrics.
+#[tokio::test]
+async fn with_auth_on_the_document_needs_a_credential() {
+    use sha2::{Digest, Sha256};
+    let token = "openapi-token-0123456789";
+    let warren = Warren::start_with(common::config_toml(&format!(
+        "[auth]\nenabled = true\n[[auth.clients]]\nname = \"reader\"\ntoken_sha256 = \"{}\"\n",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )))
+    .await;
+    let url = warren.url("/openapi.json");
+    let http = reqwest::Client::new();
+    let (status, _) = common::problem(http.get(&url).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    let response = http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 200, "any client may read it");
+    warren.stop().await;
 }

@@ -82,9 +82,13 @@ pub struct Round {
     spooled_per_s: f64,
     /// spooled / confirmed.
     ratio: f64,
-    /// Messages forwarded per second once the broker was back.
+    /// Messages forwarded per second once Warren was ready again.
     forwarded_per_s: f64,
     spooled: u64,
+    /// Spooled messages per durable commit (fsync).
+    per_commit: f64,
+    /// From the relay restored to Warren ready again, in seconds.
+    reconnect_s: f64,
     errors: Vec<String>,
 }
 
@@ -142,10 +146,17 @@ async fn rounds(
         let (confirmed, mut errors) = publish(&grpc, &queue, size, concurrency, args, false).await;
         relay.set(false);
         ready(&http, warren, false).await?;
+        let commits = metric(&http, warren, "warren_spool_commits").await?;
         let (spooled, spool_errors) = publish(&grpc, &queue, size, concurrency, args, true).await;
         errors.extend(spool_errors);
+        let commits = metric(&http, warren, "warren_spool_commits").await? - commits;
         let waiting = depth(&http, warren).await?;
         relay.set(true);
+        let restored = Instant::now();
+        // Warren reconnects on its own backoff (up to 5 s after a long
+        // outage); forwarding is timed from when it is ready again.
+        ready(&http, warren, true).await?;
+        let reconnect_s = restored.elapsed().as_secs_f64();
         let back = Instant::now();
         loop {
             if depth(&http, warren).await? == 0 {
@@ -163,6 +174,8 @@ async fn rounds(
             ratio: spooled / confirmed,
             forwarded_per_s,
             spooled: waiting,
+            reconnect_s,
+            per_commit: waiting as f64 / commits.max(1.0),
             errors,
         });
         channel
@@ -254,18 +267,33 @@ async fn depth(http: &reqwest::Client, warren: &Warren) -> anyhow::Result<u64> {
         .context("GET /v1/spool: is Warren's spool on?")
 }
 
+/// A metric's value off `/metrics`.
+async fn metric(http: &reqwest::Client, warren: &Warren, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{}/metrics", warren.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics"))
+}
+
 fn table(rows: &[Round]) -> String {
-    let mut out =
-        String::from("round  confirmed/s  spooled/s  spooled÷confirmed  forwarded/s  spooled\n");
+    let mut out = String::from(
+        "round  confirmed/s  spooled/s  spooled/confirmed  per fsync  reconnect s  forwarded/s\n",
+    );
     for (i, r) in rows.iter().enumerate() {
         out += &format!(
-            "{:>5}  {:>11.0}  {:>9.0}  {:>17.2}  {:>11.0}  {:>7}\n",
+            "{:>5}  {:>11.0}  {:>9.0}  {:>17.2}  {:>9.1}  {:>11.1}  {:>11.0}\n",
             i + 1,
             r.confirmed_per_s,
             r.spooled_per_s,
             r.ratio,
+            r.per_commit,
+            r.reconnect_s,
             r.forwarded_per_s,
-            r.spooled
         );
         for e in &r.errors {
             out += &format!("       error: {e}\n");
@@ -274,7 +302,7 @@ fn table(rows: &[Round]) -> String {
     let mut ratios: Vec<f64> = rows.iter().map(|r| r.ratio).collect();
     ratios.sort_by(f64::total_cmp);
     if let Some(median) = ratios.get(ratios.len() / 2) {
-        out += &format!("median spooled÷confirmed: {median:.2}\n");
+        out += &format!("median spooled/confirmed: {median:.2}\n");
     }
     out
 }

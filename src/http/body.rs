@@ -321,6 +321,7 @@ pub struct JsonMessage {
     pub expiration_ms: u64,
     /// Seconds since the Unix epoch; 0 means none.
     #[serde(deserialize_with = "whole::deserialize")]
+    #[schema(minimum = 0)]
     pub timestamp: i64,
     pub app_id: String,
     /// Not persisted (delivery mode 1).
@@ -492,6 +493,42 @@ mod tests {
             &parse(json!({"body_base64": "AAEC"})).unwrap().body[..],
             &[0, 1, 2]
         );
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        let m = parse(json!({"priority": 3.0, "expiration_ms": 1e3, "timestamp": 7})).unwrap();
+        assert_eq!((m.priority, m.expiration_ms, m.timestamp), (3, 1000, 7));
+        for bad in [
+            json!({"priority": 3.5}),
+            json!({"priority": -1}),
+            json!({"expiration_ms": -1.0}),
+            json!({"priority": 1e300}),
+            json!({"priority": "3"}),
+        ] {
+            assert!(
+                serde_json::from_value::<JsonMessage>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_is_an_object_not_an_array() {
+        #[derive(Debug, Deserialize)]
+        struct Ids {
+            #[allow(dead_code)]
+            ids: Vec<String>,
+        }
+        assert!(json::<Ids>(br#"{"ids": ["a"]}"#).is_ok());
+        assert!(
+            serde_json::from_slice::<Ids>(br#"[["a"]]"#).is_ok(),
+            "serde would"
+        );
+        assert!(matches!(
+            json::<Ids>(b" [[\"a\"]]"),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use super::auth::Authenticated;
+
 /// Problem responses, one component each, referred to by the handlers'
 /// `responses(...)`.
 macro_rules! problems {
@@ -172,12 +174,15 @@ pub fn openapi(config: &crate::config::Config) -> Value {
     let doc = serde_json::to_value(Doc::openapi()).expect("the document serializes");
     let mut doc = finish(doc);
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
-    let limit = &mut doc["paths"]["/v1/dead-letters/{dlq}"]["get"]["parameters"];
-    if let Some(limit) = limit
-        .as_array_mut()
-        .and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit"))
-    {
-        limit["schema"]["maximum"] = json!(config.dead_letters.max_list);
+    // Listings of dead letters, the broker's or the spool's.
+    for path in ["/v1/dead-letters/{dlq}", "/v1/spool/dead"] {
+        let parameters = &mut doc["paths"][path]["get"]["parameters"];
+        if let Some(limit) = parameters
+            .as_array_mut()
+            .and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit"))
+        {
+            limit["schema"]["maximum"] = json!(config.dead_letters.max_list);
+        }
     }
     doc
 }
@@ -212,8 +217,30 @@ fn rules(name: &str) -> Vec<(&'static str, Value)> {
     }
 }
 
+/// Request bodies that may be left out (utoipa writes `Option<T>` as a
+/// nullable body instead): a raw publish's (an empty message), a retry's
+/// (no correction).
+const OPTIONAL_BODIES: &[&str] = &[
+    "/v1/publish/{exchange}/{routing_key}",
+    "/v1/ordered/{group}/blocked/{key}/retry",
+];
+
 /// The additions after generation (see the module's doc).
 fn finish(mut doc: Value) -> Value {
+    for path in OPTIONAL_BODIES {
+        doc["paths"][path]["post"]["requestBody"]["required"] = json!(false);
+    }
+    // A raw body is bytes of any type: no schema describes it (utoipa has
+    // no way to say so).
+    if let Some(raw) = doc["paths"]["/v1/publish/{exchange}/{routing_key}"]["post"]["requestBody"]
+        ["content"]["*/*"]
+        .as_object_mut()
+    {
+        raw.remove("schema");
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.remove("RawBody");
+    }
     let schemas = doc["components"]["schemas"].clone();
     if let Some(map) = doc["components"]["schemas"].as_object_mut() {
         for (name, schema) in map.iter_mut() {
@@ -292,8 +319,14 @@ fn merged(schema: &Value, schemas: &Value) -> Value {
 #[utoipa::path(
     get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
     summary = "This document (OpenAPI 3.1)",
+    description = "Like every endpoint but health, readiness and (public) metrics, it needs a \
+        credential when auth is on (any client's; no permission is asked).",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)),
+    security(("bearer" = [])),
 )]
-pub async fn document(State(state): State<super::AppState>) -> impl IntoResponse {
+pub async fn document(
+    State(state): State<super::AppState>,
+    Authenticated(_): Authenticated,
+) -> impl IntoResponse {
     Json(openapi(state.bus.config()))
 }

@@ -275,19 +275,25 @@ fn text(headers: &HeaderMap, name: &str) -> Result<String, Error> {
     }
 }
 
+/// A number header; absent is the default, present it must be a number
+/// (an empty value too is refused: it is not the number the document says).
 fn number<T: std::str::FromStr + Default>(headers: &HeaderMap, name: &str) -> Result<T, Error> {
-    let value = text(headers, name)?;
-    if value.is_empty() {
+    if !headers.contains_key(name) {
         return Ok(T::default());
     }
-    value.parse().map_err(|_| {
+    let value = text(headers, name)?;
+    value.trim().parse().map_err(|_| {
         Error::InvalidArgument(format!("header {name}: {value:?} is not a valid number"))
     })
 }
 
+/// A boolean header: absent is false, present `true`/`1` or `false`/`0`.
 fn flag(headers: &HeaderMap, name: &str) -> Result<bool, Error> {
-    match text(headers, name)?.to_ascii_lowercase().as_str() {
-        "" | "false" | "0" => Ok(false),
+    if !headers.contains_key(name) {
+        return Ok(false);
+    }
+    match text(headers, name)?.trim().to_ascii_lowercase().as_str() {
+        "false" | "0" => Ok(false),
         "true" | "1" => Ok(true),
         other => Err(Error::InvalidArgument(format!(
             "header {name}: {other:?} is not true or false"
@@ -326,6 +332,12 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
     })
 }
 
+/// A raw publish's body: any bytes (for the OpenAPI document, whose
+/// `finish` leaves it without a schema).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawBody(#[allow(dead_code)] Vec<u8>);
+
 /// `POST /v1/publish/{exchange}/{routing_key}`: the body as is.
 #[utoipa::path(
     post, path = "/v1/publish/{exchange}/{routing_key}", operation_id = "publishRaw", tag = "publish",
@@ -340,14 +352,14 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
         ("x-warren-correlation-id" = Option<String>, Header),
         ("x-warren-type" = Option<String>, Header),
         ("x-warren-priority" = Option<u8>, Header),
-        ("x-warren-expiration-ms" = Option<u64>, Header),
-        ("x-warren-timestamp" = Option<i64>, Header),
+        ("x-warren-expiration-ms" = Option<u64>, Header, maximum = 315_360_000_000_u64),
+        ("x-warren-timestamp" = Option<i64>, Header, minimum = 0),
         ("x-warren-app-id" = Option<String>, Header),
         ("x-warren-reply-to" = Option<String>, Header),
         ("x-warren-transient" = Option<bool>, Header),
         ("x-warren-allow-unroutable" = Option<bool>, Header),
         ("x-warren-ordering-key" = Option<String>, Header),
-        ("x-warren-delay-ms" = Option<u64>, Header),
+        ("x-warren-delay-ms" = Option<u64>, Header, maximum = 268_435_455_499_u64),
         ("x-warren-deliver-at-ms" = Option<i64>, Header, minimum = 0),
         ("x-warren-publisher" = Option<String>, Header, min_length = 1, max_length = 128,
             description = "The named publisher (its own channel, in order) to publish on"),
@@ -355,7 +367,7 @@ fn raw_message(headers: &HeaderMap, body: bytes::Bytes) -> Result<Message, Error
         ("x-warren-allow-spool" = Option<bool>, Header,
             description = "Allow the spool while the broker cannot be reached"),
     ),
-    request_body(content((Vec<u8> = "*/*")), description = "The message body"),
+    request_body(content((RawBody = "*/*")), description = "The message body, any bytes (none: an empty one)"),
     responses(
         (status = 200, description = "Confirmed by the broker", body = Published),
         (status = 202, description = "Written to the spool (the broker could not be reached; `spooled` is true), forwarded once it is back", body = Published),

@@ -57,7 +57,7 @@ type Read = fn(&Spool) -> i64;
 
 impl Bus {
     fn spool_metrics(&self, spool: &Arc<Spool>) {
-        let gauges: [(&str, &str, Read); 4] = [
+        let gauges: [(&str, &str, Read); 5] = [
             (
                 "warren_spool_messages",
                 "Messages waiting in the spool.",
@@ -75,6 +75,11 @@ impl Bus {
                     let oldest = s.oldest_ms().ok().flatten();
                     oldest.map_or(0, |at| (crate::bus::schedule::now_ms() - at).max(0) / 1000)
                 },
+            ),
+            (
+                "warren_spool_commits",
+                "Durable commits (fsyncs) of spooled messages since start; concurrent publishes share one.",
+                |s| s.commits() as i64,
             ),
             (
                 "warren_spool_dead_messages",

@@ -275,6 +275,11 @@ impl Spool {
         self.counts.dead.load(Ordering::Acquire)
     }
 
+    /// Durable commits of appends made since start.
+    pub fn commits(&self) -> u64 {
+        self.appender.commits()
+    }
+
     /// The most bytes the spool holds.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
