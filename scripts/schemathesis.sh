@@ -94,8 +94,9 @@ EOF
 #   entry), so a schema-violating entry is not the request's rejection
 #   (negative_data_rejection), and valid entries meet the same state as
 #   publish (positive_data_acceptance).
-# Path parameters name this run's queue, dead-letter queue and group, so
-# that operations reach real resources and not only 404s.
+# Path parameters name this run's queue, dead-letter queue and group (and
+# a console file), so that operations reach real resources and not only
+# 404s.
 cat >"$dir/schemathesis.toml" <<EOF
 # Every check (as --checks all; given here, for the operations' own
 # settings below to hold).
@@ -108,6 +109,7 @@ enabled = true
 "path.group" = "$group"
 "path.exchange" = "amq.default"
 "path.routing_key" = "$queue"
+"path.file" = "app.js"
 
 [[operations]]
 include-operation-id = ["publish", "publishRaw", "call"]

@@ -20,7 +20,8 @@
 //! - [`listen`]: accepting connections for both listeners: the cap, TLS and
 //!   its reloads, client certificates.
 //! - [`grpc`], [`http`]: thin transports; they translate requests into bus
-//!   calls and [`error::Error`]s into status codes.
+//!   calls and [`error::Error`]s into status codes. `http` also serves the
+//!   operators' web console (`/console/`, its files compiled in).
 //! - [`error`]: the one error type (kind, origin, retryable, cause) and its
 //!   one mapping to gRPC codes and HTTP statuses.
 //! - [`metrics`]: the Prometheus registry.

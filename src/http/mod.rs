@@ -8,6 +8,7 @@ pub mod auth;
 mod batch;
 pub mod body;
 mod cloudevents;
+mod console;
 mod dead_letters;
 mod host;
 pub mod openapi;
@@ -76,6 +77,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/spool/dead", get(spool::dead))
         .route("/v1/spool/dead/replay", post(spool::replay))
         .route("/v1/spool/dead/discard", post(spool::discard))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::file))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

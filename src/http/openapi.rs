@@ -106,6 +106,9 @@ problems! {
         super::spool::dead,
         super::spool::replay,
         super::spool::discard,
+        super::console::redirect,
+        super::console::index,
+        super::console::file,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -129,6 +132,7 @@ problems! {
         (name = "queues", description = "Operators: queues, pause and resume (admin)"),
         (name = "spool", description = "Operators: the spool and its dead letters (admin)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "console", description = "The operators' web console: its page and files (no credential)"),
     ),
 )]
 struct Doc;
