@@ -139,6 +139,10 @@ curl -fsS "http://127.0.0.1:$http_port/readyz" >/dev/null || { cat "$dir/warren.
 
 # Excluded: GET /v1/subscribe/{queue}, a Server-Sent Events stream that does
 # not end while the queue exists (schemathesis would wait on it forever).
+# One worker: with two, hypothesis parses lambdas' source from two threads
+# at once, and CPython 3.11's ast.parse then fails now and then with
+# "AST constructor recursion depth mismatch" (a runtime error of the tool,
+# not a finding).
 status=0
 # (The document needs the credential too, with auth on.)
 curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$http_port/openapi.json" >"$dir/openapi.json"
@@ -148,7 +152,7 @@ timeout "${SCHEMATHESIS_TIMEOUT:-900}" "$venv/bin/schemathesis" --config-file "$
   --exclude-operation-id subscribe \
   --header "Authorization: Bearer $token" \
   --request-timeout 20 \
-  --workers 2 \
+  --workers 1 \
   --seed "${SCHEMATHESIS_SEED:-1}" \
   --no-color || status=$?
 
