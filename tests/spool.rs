@@ -475,3 +475,73 @@ async fn the_admin_service_sees_and_works_the_dead_letter_spool() {
     assert_eq!((state.messages, state.dead), (0, 0));
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn scheduled_and_ordered_publishes_keep_their_meaning_through_the_spool() {
+    let broker = Broker::connect().await;
+    let queue = unique("spool.later");
+    broker.queue(&queue).await;
+    let proxy = Proxy::to_broker().await;
+    let group = unique("spool.group");
+    let dir = std::env::temp_dir().join(unique("spool"));
+    let dir_text = dir.to_string_lossy().into_owned();
+    let url = proxy.url();
+    let config = common::config_toml_with(
+        &format!("[[ordered]]\nname = \"{group}\"\npartitions = 1\n"),
+        &[
+            ("WARREN__AMQP__URL", url.as_str()),
+            ("WARREN__SPOOL__ENABLED", "true"),
+            ("WARREN__SPOOL__DIR", dir_text.as_str()),
+        ],
+    );
+    let warren = Warren::start_with(config).await;
+    let http = reqwest::Client::new();
+    proxy.cut();
+    until_down(&warren).await;
+    let published = std::time::Instant::now();
+    let (status, _) = publish(
+        &http,
+        &warren,
+        json!({"routing_key": queue, "body": "later", "delay_ms": 3000, "allow_spool": true}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, _) = publish(
+        &http,
+        &warren,
+        json!({"exchange": group, "ordering_key": "k1", "body": "keyed", "allow_spool": true}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    // A publish to an ordered group still needs its key, broker or not.
+    let (status, _) = publish(
+        &http,
+        &warren,
+        json!({"exchange": group, "body": "no key", "allow_spool": true}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    proxy.restore();
+
+    // The keyed message went to its partition, with its key.
+    let partition = format!("{group}.0");
+    until_count(&broker, &partition, 1).await;
+    let got = broker.take(&partition, 1, Duration::from_secs(2)).await;
+    let headers = got[0].properties.headers().clone().unwrap_or_default();
+    let key = headers.inner().get("x-warren-ordering-key").cloned();
+    assert_eq!(key, Some(lapin::types::AMQPValue::LongString("k1".into())));
+    // The scheduled one is routed at its time, counted from the publish.
+    until_count(&broker, &queue, 1).await;
+    let after = published.elapsed();
+    assert!(
+        after >= Duration::from_millis(2400),
+        "routed after {after:?}, due after 3 s"
+    );
+    assert_eq!(broker.bodies(&queue, 1).await, ["later"]);
+    warren.stop().await;
+    broker.delete_queues(&[queue]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,6 +54,16 @@ pub fn config_toml(toml: &str) -> Config {
     config.expect("test config is valid")
 }
 
+/// A test configuration from a TOML file's text and extra `WARREN__...`
+/// settings (which win over the file).
+pub fn config_toml_with(toml: &str, env: &[(&str, &str)]) -> Config {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("config")));
+    std::fs::write(&path, toml).expect("temp file written");
+    let config = Config::load_with_env(Some(&path), Some(test_env(env)));
+    let _ = std::fs::remove_file(&path);
+    config.expect("test config is valid")
+}
+
 fn test_env(env: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
     let mut vars: std::collections::HashMap<String, String> = [
         ("WARREN__AMQP__URL", amqp_url()),
