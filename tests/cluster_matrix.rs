@@ -52,6 +52,20 @@ struct Load {
     /// Publishes sent after the kill: when sent, when confirmed.
     after_kill: Mutex<Vec<(Instant, Instant)>>,
     kill: std::sync::OnceLock<Instant>,
+    /// What RPC did after the kill, in ms from it (the first few).
+    timeline: Mutex<Vec<String>>,
+}
+
+impl Load {
+    /// Notes `what` at `at` (ms from the kill) when after it.
+    fn note(&self, at: Instant, what: impl FnOnce(u128) -> String) {
+        if let Some(kill) = self.kill.get().filter(|k| at >= **k) {
+            let mut timeline = self.timeline.lock().unwrap();
+            if timeline.len() < 60 {
+                timeline.push(what((at - *kill).as_millis()));
+            }
+        }
+    }
 }
 
 impl Load {
@@ -142,6 +156,7 @@ async fn responder(mut client: BusClient<GrpcChannel>, queue: String, load: Arc<
             match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
                 Ok(Some(Ok(d))) => {
                     load.requests.lock().unwrap().push(Instant::now());
+                    load.note(Instant::now(), |t| format!("+{t} responder got a request"));
                     let body = d.message.unwrap_or_default().body;
                     let _ = client
                         .reply(ReplyRequest {
@@ -175,7 +190,19 @@ async fn caller(mut client: BusClient<GrpcChannel>, queue: String, load: Arc<Loa
         let body = format!("call-{i}");
         let mut request = tonic::Request::new(common::call(&queue, &body, 3000));
         request.set_timeout(Duration::from_secs(5));
-        match client.call(request).await {
+        let sent = Instant::now();
+        let result = client.call(request).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(status) => format!("{:?} {}", status.code(), status.message()),
+        };
+        load.note(sent, |t| {
+            format!(
+                "+{t} call sent, {} ms: {outcome}",
+                sent.elapsed().as_millis()
+            )
+        });
+        match result {
             Ok(reply)
                 if reply
                     .get_ref()
@@ -356,6 +383,10 @@ async fn warren_rides_out_a_node_kill_a_rejoin_and_the_whole_cluster_down_with_t
         load.subscriptions.load(Ordering::SeqCst),
         count_after(&load.requests.lock().unwrap(), killed),
         load.call_errors.lock().unwrap(),
+    );
+    eprintln!(
+        "MEASURE matrix: RPC after the kill: {:#?}",
+        load.timeline.lock().unwrap()
     );
     assert!(
         recovered,

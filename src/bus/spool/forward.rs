@@ -148,7 +148,8 @@ impl Forwarder {
         let batch = blocking(self.spool.clone(), |s| s.next(BATCH)).await?;
         let publisher = match session {
             Some(publisher) => publisher,
-            None => session.insert(self.bus.publishers.dedicated(&self.bus.auth.internal())?),
+            // Warren's own channel, outside the clients' amqp.max_channels.
+            None => session.insert(self.bus.publishers.internal(&self.bus.auth.internal())),
         };
         let mut sent = Vec::with_capacity(batch.len());
         for spooled in &batch {
