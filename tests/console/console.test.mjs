@@ -1,7 +1,8 @@
 // The console in a real browser (headless Chromium) against a real Warren
 // and the local RabbitMQ: dead letters edited and replayed, discarded with
 // confirmation; a queue paused and resumed; a blocked key retried
-// corrected; the spool page; the token prompt and a non-admin token's 403;
+// corrected; the spool page (a message the broker really refused on
+// forwarding, through a relay that cuts the broker off); the token prompt and a non-admin token's 403;
 // and the first load's weight and time to interactive with 1,000 dead
 // letters listed. Screenshots of each page go to docs/console/.
 
@@ -11,8 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  browser, call, cleanup, confirmDialog, depth, notice, ok, openPage, publish, RUN, sha256, SHOTS, startWarren,
-  subscribe,
+  browser, call, cleanup, confirmDialog, depth, eventually, notice, ok, openPage, publish, relay, RUN, sha256, SHOTS,
+  startWarren, subscribe,
 } from './warren.mjs';
 import { measure } from './measure.mjs';
 
@@ -300,6 +301,38 @@ describe('console', () => {
     await notice(page, /Replayed 1 spooled message/);
     assert.deepEqual(posted, [{ ids: ['evt-1'] }]);
     await page.context().close();
+  });
+
+  test('a message the broker really refused on forwarding is listed and discarded', { timeout: LIMIT }, async () => {
+    // Warren reaches the broker through a relay: cut while the message is
+    // published (so it is spooled), restored so that the forwarder meets
+    // the missing exchange and moves it to the dead-letter spool.
+    const link = await relay();
+    const spooled = await startWarren(`[spool]\nenabled = true\ndir = "${join(tmp, 'spool-real')}"\n`, 'spool-real', link.url);
+    try {
+      link.cut();
+      await eventually(async () => (await fetch(`${spooled.url}/readyz`)).status === 503, 'warren sees the broker gone');
+      const nowhere = `console.nowhere.${RUN}`;
+      const answer = await call(spooled, 'POST', '/v1/publish',
+        { exchange: nowhere, routing_key: 'k', body: 'refused', allow_spool: true });
+      assert.equal(answer.status, 202, JSON.stringify(answer.body));
+      const id = answer.body.message_id;
+      link.restore();
+      await eventually(async () => (await ok(spooled, 'GET', '/v1/spool')).dead === 1, 'refused on forwarding');
+      const page = await openPage(chrome, `${spooled.url}/console/#spool`);
+      const row = page.locator(`li.letter[data-id="${id}"]`);
+      await row.waitFor();
+      assert.match(await row.locator('.reason').textContent(), /not-found/);
+      assert.match(await row.locator('.queue').textContent(), new RegExp(`${nowhere} / k`));
+      await row.locator('button[data-act="discard"]').click();
+      assert.match(await confirmDialog(page), /Discard/);
+      await notice(page, /Discarded 1 spooled message/);
+      assert.equal((await ok(spooled, 'GET', '/v1/spool')).dead, 0);
+      await page.context().close();
+    } finally {
+      await spooled.stop();
+      link.close();
+    }
   });
 
   test('with auth on, the console asks for a token; a non-admin token gets a clear 403', { timeout: LIMIT }, async () => {

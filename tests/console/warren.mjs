@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import amqp from 'amqplib';
@@ -49,11 +49,11 @@ export async function eventually(check, what, ms = 15000) {
 
 // Starts Warren with `toml` (its listen addresses added) and waits for
 // /readyz. `stop()` sends SIGTERM and waits for the exit.
-export async function startWarren(toml, name = 'warren') {
+export async function startWarren(toml, name = 'warren', amqpUrl = AMQP_URL) {
   const dir = mkdtempSync(join(tmpdir(), `warren-console-${name}-`));
   const [http, grpc] = [await freePort(), await freePort()];
   const config = join(dir, 'warren.toml');
-  writeFileSync(config, `[amqp]\nurl = "${AMQP_URL}"\n[http]\nlisten = "127.0.0.1:${http}"\n` +
+  writeFileSync(config, `[amqp]\nurl = "${amqpUrl}"\n[http]\nlisten = "127.0.0.1:${http}"\n` +
     `[grpc]\nlisten = "127.0.0.1:${grpc}"\n[shutdown]\ngrace = "5s"\n${toml}\n`);
   const log = join(dir, 'warren.log');
   const out = openSync(log, 'w');
@@ -77,6 +77,31 @@ export async function startWarren(toml, name = 'warren') {
       const done = await Promise.race([exit, sleep(10000).then(() => null)]);
       if (!done) { proc.kill('SIGKILL'); await exit; }
     },
+  };
+}
+
+// A TCP relay to the broker that a test cuts (every connection closed, new
+// ones refused) and restores: the broker goes away for one Warren only.
+export async function relay() {
+  const target = new URL(AMQP_URL.replace(/^amqp:/, 'http:'));
+  const sockets = new Set();
+  let up = true;
+  const server = createServer((client) => {
+    if (!up) { client.destroy(); return; }
+    const broker = connect(Number(target.port || 5672), '127.0.0.1');
+    for (const s of [client, broker]) { sockets.add(s); s.on('close', () => sockets.delete(s)); s.on('error', () => {}); }
+    client.pipe(broker);
+    broker.pipe(client);
+    client.on('close', () => broker.destroy());
+    broker.on('close', () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  return {
+    url: `amqp://guest:guest@127.0.0.1:${port}/%2f`,
+    cut() { up = false; for (const s of sockets) s.destroy(); },
+    restore() { up = true; },
+    close() { up = false; for (const s of sockets) s.destroy(); server.close(); },
   };
 }
 
