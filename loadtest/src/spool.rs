@@ -24,6 +24,15 @@ use crate::scenarios::{Grpc, QueueType};
 use crate::warren::Warren;
 use crate::{broker, grpc_client, machine, WarrenInfo};
 
+/// The spool on, in a directory of this run, besides `env`.
+pub fn env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let dir = std::env::temp_dir().join(broker::unique("spool", "dir"));
+    let mut env = env.to_vec();
+    env.push(("WARREN__SPOOL__ENABLED".into(), "true".into()));
+    env.push(("WARREN__SPOOL__DIR".into(), dir.display().to_string()));
+    env
+}
+
 /// A relay to the broker that can be cut (every connection closed, new ones
 /// refused) and restored.
 pub struct Relay {
