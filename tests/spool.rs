@@ -274,6 +274,26 @@ async fn refusals_on_forwarding_go_to_the_dead_letter_spool_to_replay_or_discard
         .await
         .unwrap();
     assert_eq!(problem(bad).await.0, 400);
+    // Bad corrections are refused as a publish's fields would be.
+    for message in [
+        json!({"headers": {"x-warren-attempt": 1}}),
+        json!({"body_base64": "not base64!"}),
+        json!({"body": "x", "body_base64": "eA=="}),
+        json!({"routing_key": "elsewhere"}),
+    ] {
+        let refused = http
+            .post(warren.url("/v1/spool/dead/replay"))
+            .json(&json!({"ids": [late["message_id"]], "message": message}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(refused).await.0, 400, "{message}");
+    }
+    assert_eq!(
+        spool_status(&http, &warren).await["dead"],
+        2,
+        "nothing replayed"
+    );
     // The queue exists now: replay the unroutable one, corrected.
     broker.queue(&queue).await;
     let replayed: Value = http

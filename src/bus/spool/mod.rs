@@ -6,11 +6,13 @@
 //! - `commit`: group commit: concurrent appends share one durable commit.
 //! - `record`: how a spooled publish is written (with a CRC).
 //! - `forward`: the forwarder that drains the spool to the broker.
+//! - `metrics`: its gauges (depth, bytes, age, commits, dead).
 //! - `ops`: the `Bus` side: diverting publishes into the spool, the
 //!   operators' calls on the dead-letter spool.
 
 pub mod commit;
 mod forward;
+mod metrics;
 mod ops;
 pub mod record;
 pub mod store;
