@@ -14,7 +14,18 @@ use common::{unique, Broker, Warren};
 use tonic::Code;
 use warren::proto::{AckRequest, CallRequest, Message, PublishRequest, SubscribeRequest};
 
-static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static FAULTS: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+
+/// Runs the fault tests one at a time. The first one first deletes what the
+/// earlier test binaries left on the broker, so that its restarts are quick.
+async fn serial() -> tokio::sync::MutexGuard<'static, bool> {
+    let mut swept = FAULTS.lock().await;
+    if !*swept {
+        common::sweep_test_topology().await;
+        *swept = true;
+    }
+    swept
+}
 
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -158,7 +169,7 @@ async fn ready(warren: &Warren) -> bool {
 
 #[tokio::test]
 async fn a_broker_restart_under_load_loses_no_confirmed_message() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let config = common::config_with(&[
         ("WARREN__BREAKER__ENABLED", "false"),
@@ -228,7 +239,7 @@ async fn a_broker_restart_under_load_loses_no_confirmed_message() {
 
 #[tokio::test]
 async fn closed_connections_under_load_lose_no_confirmed_message() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let config = common::config_with(&[("WARREN__BREAKER__ENABLED", "false")]);
     let warren = Warren::start_with(config).await;
@@ -262,7 +273,7 @@ async fn closed_connections_under_load_lose_no_confirmed_message() {
 
 #[tokio::test]
 async fn subscriptions_go_on_after_the_connection_drops() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let warren = Warren::start().await;
     let queue = unique("resume");
@@ -315,7 +326,7 @@ async fn subscriptions_go_on_after_the_connection_drops() {
 
 #[tokio::test]
 async fn the_breaker_opens_fails_fast_and_closes() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let config = common::config_with(&[
         ("WARREN__BREAKER__FAILURES", "3"),
@@ -404,7 +415,7 @@ async fn the_breaker_opens_fails_fast_and_closes() {
 /// out the retry budget or the client's deadline.
 #[tokio::test]
 async fn a_new_publish_fails_fast_while_the_broker_is_down() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let warren = Warren::start().await;
     let queue = unique("fail-fast");
@@ -484,7 +495,7 @@ async fn a_new_publish_fails_fast_while_the_broker_is_down() {
 /// its deadline.
 #[tokio::test]
 async fn publishes_cancelled_while_the_broker_stalls_open_the_breaker() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let warren = Warren::start().await;
     let queue = unique("stalled");
@@ -540,7 +551,7 @@ async fn publishes_cancelled_while_the_broker_stalls_open_the_breaker() {
 
 #[tokio::test]
 async fn rpc_and_topology_recover_after_connections_drop() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let exchange = unique("recovered");
     let config = common::config_toml(&format!(
@@ -625,7 +636,7 @@ async fn rpc_and_topology_recover_after_connections_drop() {
 /// the key stays blocked, and a retry lets it go on in order.
 #[tokio::test]
 async fn a_blocked_key_survives_a_broker_restart() {
-    let _serial = FAULTS.lock().await;
+    let _serial = serial().await;
     let _restore = Restore;
     let group = unique("ordered-restart");
     let config = common::config_toml(&format!(

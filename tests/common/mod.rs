@@ -540,3 +540,48 @@ impl Broker {
         }
     }
 }
+
+/// Deletes every queue and exchange that tests made (their names hold
+/// `test.`), so a test that restarts the broker does not wait while it
+/// recovers thousands of them. Only for test binaries that run alone.
+pub async fn sweep_test_topology() {
+    let list = |what: &str| -> Vec<String> {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([what, "-q", "--no-table-headers", "name"])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(out.status.success(), "rabbitmqctl {what} failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|name| name.contains("test."))
+            .map(str::to_owned)
+            .collect()
+    };
+    let broker = Broker::connect().await;
+    let mut channel = broker.channel.clone();
+    let (queues, exchanges) = (list("list_queues"), list("list_exchanges"));
+    for queue in &queues {
+        if channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .is_err()
+        {
+            channel = broker.connection.create_channel().await.expect("channel");
+        }
+    }
+    for exchange in &exchanges {
+        if channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .is_err()
+        {
+            channel = broker.connection.create_channel().await.expect("channel");
+        }
+    }
+    eprintln!(
+        "swept {} test queues and {} test exchanges",
+        queues.len(),
+        exchanges.len()
+    );
+}
