@@ -195,7 +195,8 @@ impl Broker {
             .expect("exchange declared");
     }
 
-    /// Takes up to `n` messages, waiting at most `wait` for them.
+    /// Takes up to `n` messages, waiting at most `wait` for each next one
+    /// (so a long queue on a loaded broker is read whole).
     pub async fn take(
         &self,
         queue: &str,
@@ -216,9 +217,8 @@ impl Broker {
             .await
             .expect("consume");
         let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
         while out.len() < n {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
+            match tokio::time::timeout(wait, consumer.next()).await {
                 Ok(Some(Ok(delivery))) => out.push(delivery),
                 _ => break,
             }
@@ -228,7 +228,7 @@ impl Broker {
     }
 
     /// The bodies (as UTF-8) of up to `n` messages taken from `queue`, in
-    /// order, waiting at most half a second for them.
+    /// order, waiting at most half a second for each next one.
     pub async fn bodies(&self, queue: &str, n: usize) -> Vec<String> {
         self.take(queue, n, Duration::from_millis(500))
             .await
