@@ -214,6 +214,14 @@ impl Error {
         }
     }
 
+    /// A broker condition that may pass on its own (a failover, a
+    /// reconnect): worth retrying inside Warren within a budget. A limit
+    /// the client reached is retryable for the client but not this: trying
+    /// again at once would only wait out the budget.
+    pub fn is_transient(&self) -> bool {
+        self.origin() == Origin::Broker && self.is_retryable()
+    }
+
     /// Whether the same request may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -120,3 +120,60 @@ async fn idle_named_publishers_close_their_channels() {
     client.publish(r).await.unwrap();
     warren.stop().await;
 }
+
+#[tokio::test]
+async fn publishers_past_the_brokers_channel_limit_are_refused_at_once() {
+    // The broker allows 100 channels on Warren's one publishing connection
+    // (`channel_max` in the URI lowers what it offers); max_channels says
+    // 1,024. 64 + 2 shared are kept for Warren, so 34 named publishers fit.
+    let url = format!("{}?channel_max=100", common::amqp_url());
+    let config = common::config_with(&[
+        ("WARREN__AMQP__URL", url.as_str()),
+        ("WARREN__AMQP__POOL_SIZE", "1"),
+        ("WARREN__AMQP__MAX_CHANNELS", "1024"),
+        ("WARREN__AMQP__SHARED_PUBLISHERS", "2"),
+        ("WARREN__PUBLISH__RETRY_BUDGET", "20s"),
+    ]);
+    let warren = Warren::start_with(config).await;
+    let mut client = warren.grpc().await;
+    let queue = unique("channel-max");
+    let broker = Broker::connect().await;
+    broker.queue(&queue).await;
+    let mut refused = Vec::new();
+    for i in 0..50 {
+        let named = on_publisher(request("", &queue, b"n"), &format!("p{i}"));
+        let started = std::time::Instant::now();
+        match client.publish(named).await {
+            Ok(_) => assert!(refused.is_empty(), "p{i} published after a refusal"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("pool_size"), "{status:?}");
+                // Refused now, not after the 20 s retry budget.
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{:?}",
+                    started.elapsed()
+                );
+                refused.push(i);
+            }
+        }
+    }
+    assert_eq!(refused, (34..50).collect::<Vec<_>>());
+    // Unnamed publishes, a stream's refusal aside, and a subscription still work.
+    for _ in 0..10 {
+        client
+            .publish(request("", &queue, b"shared"))
+            .await
+            .unwrap();
+    }
+    let (_tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(1);
+    let status = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(broker.count(&queue).await, 44);
+    let mut deliveries = common::subscribe(&mut client, &queue).await;
+    common::next(&mut deliveries).await;
+    warren.stop().await;
+}

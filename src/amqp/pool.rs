@@ -161,12 +161,44 @@ impl Pool {
         })
     }
 
-    /// Opens a channel on the next live connection. If that connection
-    /// turns out to be dead (its supervisor notices while the channel is
-    /// being opened), this fails at once, UNAVAILABLE and retryable, instead
-    /// of waiting out `amqp.operation_timeout` on a socket nobody answers.
+    /// Opens a channel on the next live connection, or on the one after it
+    /// when that one has as many channels as the broker allows (its
+    /// `channel_max`): RESOURCE_EXHAUSTED only once every live connection is
+    /// full. If a connection turns out to be dead (its supervisor notices
+    /// while the channel is being opened), this fails at once, UNAVAILABLE
+    /// and retryable, instead of waiting out `amqp.operation_timeout` on a
+    /// socket nobody answers.
     pub async fn open_channel(&self) -> Result<Channel, Error> {
-        let (index, connection) = self.connection().await?;
+        let (first, connection) = self.connection().await?;
+        let mut full = match self.open_on(first, connection).await {
+            Err(Error::LimitReached(why)) => why,
+            opened => return opened,
+        };
+        for i in 1..self.slots.len() {
+            let index = (first + i) % self.slots.len();
+            let Some(connection) = self.live(index) else {
+                continue;
+            };
+            match self.open_on(index, connection).await {
+                Err(Error::LimitReached(why)) => full = why,
+                opened => return opened,
+            }
+        }
+        Err(Error::LimitReached(format!(
+            "{full}, and on every other connection (raise amqp.pool_size or the broker's channel_max)"
+        )))
+    }
+
+    /// The connection of slot `index`, if it is up.
+    fn live(&self, index: usize) -> Option<Arc<Connection>> {
+        self.slots[index]
+            .borrow()
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
+    async fn open_on(&self, index: usize, connection: Arc<Connection>) -> Result<Channel, Error> {
         let mut slot = self.slots[index].clone();
         let replaced = async {
             let _ = slot
@@ -184,6 +216,21 @@ impl Pool {
                 "the connection died while a channel was being opened on it",
             )),
         }
+    }
+
+    /// How many channels the broker lets Warren open on this pool's live
+    /// connections in all (each one's negotiated `channel_max`), or None
+    /// while none is up.
+    pub fn channel_capacity(&self) -> Option<usize> {
+        let live: Vec<_> = (0..self.slots.len()).filter_map(|i| self.live(i)).collect();
+        (!live.is_empty()).then(|| {
+            live.iter()
+                .map(|c| match c.configuration().channel_max() {
+                    0 => usize::from(u16::MAX),
+                    n => usize::from(n),
+                })
+                .sum()
+        })
     }
 
     /// Opens a channel in confirm mode.

@@ -3,17 +3,24 @@
 //! ones closed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::warn;
 
 use super::session::{self, Command};
 use super::verdict::Context;
 use crate::auth::{Caller, Share};
 use crate::error::Error;
+
+/// Channels of the publishing connections kept for Warren's own work
+/// (RPC, retries, dead letters, ordered groups, scheduled messages) beside
+/// the shared publishers: publishers are refused before they take these.
+pub const OWN_CHANNELS: usize = 64;
 
 /// A handle on one publisher task, and whose it is; the task ends when all
 /// handles are gone.
@@ -36,6 +43,11 @@ pub struct Publishers {
     ctx: Context,
     permits: Arc<Semaphore>,
     max_channels: usize,
+    /// Channels kept out of the publishers' reach: the shared ones and
+    /// [`OWN_CHANNELS`].
+    reserved: usize,
+    /// Whether the operator was told that `max_channels` is out of reach.
+    warned: AtomicBool,
     /// By owner (none while auth is off) and name: clients do not share names.
     named: Mutex<HashMap<NamedKey, Named>>,
     tracker: TaskTracker,
@@ -58,6 +70,8 @@ impl Publishers {
             ctx,
             permits,
             max_channels,
+            reserved,
+            warned: AtomicBool::new(false),
             named: Mutex::new(HashMap::new()),
             tracker,
             shutdown,
@@ -74,6 +88,7 @@ impl Publishers {
     /// and the caller's share.
     pub fn dedicated(&self, caller: &Caller) -> Result<Handle, Error> {
         let held = caller.hold(Share::Publisher)?;
+        self.within_capacity()?;
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Error::LimitReached(format!(
                 "all {} publisher channels are in use (amqp.max_channels)",
@@ -89,6 +104,40 @@ impl Publishers {
             ),
             caller: caller.clone(),
         })
+    }
+
+    /// Refuses a new publisher at once when the broker would not give it a
+    /// channel: `amqp.max_channels` may be set above what the publishing
+    /// connections hold (`amqp.pool_size` x the broker's `channel_max`),
+    /// and a publisher past that would wait out its retry budget and then
+    /// leave the shared channels no room to reopen.
+    fn within_capacity(&self) -> Result<(), Error> {
+        let Some(capacity) = self.ctx.pool.channel_capacity() else {
+            return Ok(()); // not connected: opening its channel fails fast
+        };
+        let in_use = self
+            .max_channels
+            .saturating_sub(self.reserved)
+            .saturating_sub(self.permits.available_permits());
+        let room = capacity.saturating_sub(self.reserved + OWN_CHANNELS);
+        if self.max_channels > room && !self.warned.swap(true, Ordering::Relaxed) {
+            warn!(
+                max_channels = self.max_channels,
+                room,
+                capacity,
+                "amqp.max_channels is more than the broker allows on the publishing connections: \
+                 publishers past {room} are refused"
+            );
+        }
+        if in_use < room {
+            return Ok(());
+        }
+        Err(Error::LimitReached(format!(
+            "all {room} publisher channels the broker allows are in use ({capacity} channels on \
+             the publishing connections, {} kept for Warren; raise amqp.pool_size or the \
+             broker's channel_max)",
+            self.reserved + OWN_CHANNELS
+        )))
     }
 
     /// A publisher of Warren's own (the forwarder of scheduled messages):

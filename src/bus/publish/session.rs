@@ -372,7 +372,7 @@ impl Task {
         loop {
             match self.channel().await {
                 Ok(channel) => return Ok(channel),
-                Err(e) if e.is_retryable() && since.elapsed() < self.ctx.retry_budget => {
+                Err(e) if e.is_transient() && since.elapsed() < self.ctx.retry_budget => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                     debug!(error = %e, ?delay, "no channel for publishing yet; trying again");
                     tokio::time::sleep(

@@ -79,7 +79,7 @@ impl Shared {
                 .await
             {
                 Ok(live) => live,
-                Err(e) if e.is_retryable() && within_budget => {
+                Err(e) if e.is_transient() && within_budget => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                     tokio::time::sleep(
                         delay.min(ctx.retry_budget.saturating_sub(started.elapsed())),
