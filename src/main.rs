@@ -21,6 +21,20 @@ struct Args {
 
 const DEFAULT_CONFIG: &str = "config/warren.toml";
 
+/// jemalloc (see `Cargo.toml`): freed memory goes back to the system on a
+/// decay instead of staying with the process after a burst.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Its options: a background thread purges pages unused for 5 s (dirty)
+/// at once (no muzzy stage). `_RJEM_MALLOC_CONF` in the environment
+/// overrides them.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: &[u8; 60] = b"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let file = args

@@ -1,6 +1,7 @@
 //! The protobuf codec of the generated services: prost's, except that a
 //! request that does not decode is the client's fault, INVALID_ARGUMENT
-//! (prost's codec answers INTERNAL, as if Warren had failed).
+//! (prost's codec answers INTERNAL, as if Warren had failed), and with
+//! smaller first buffers.
 
 use std::marker::PhantomData;
 
@@ -31,12 +32,20 @@ where
     type Decoder = ProtoDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
+        ProstEncoder::new(buffers())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProtoDecoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::default()))
+        ProtoDecoder(ProstCodec::<T, U>::raw_decoder(buffers()))
     }
+}
+
+/// Each stream's encode and decode buffers start at 2 KiB, not tonic's
+/// 8 KiB: a buffer grows to the messages it carries, and an idle stream
+/// (thousands of open subscriptions) then holds a quarter as much. The
+/// threshold past which an encoder yields is tonic's.
+fn buffers() -> BufferSettings {
+    BufferSettings::new(2048, 32 * 1024)
 }
 
 /// prost's decoder with its errors as INVALID_ARGUMENT.

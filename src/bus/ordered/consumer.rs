@@ -32,7 +32,7 @@ use super::keys::Partition;
 use super::Group;
 use crate::amqp::{self, Channel, Pool};
 use crate::bus::retry::Retrier;
-use crate::bus::subscribe::Delivery;
+use crate::bus::subscribe::Outgoing;
 use crate::bus::subscribe::{Deadlines, Settle};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -49,7 +49,7 @@ enum Event {
     Expired(u64),
     Paused(bool),
     Notice(Option<(String, u32)>),
-    Room(mpsc::OwnedPermit<Result<Delivery, Error>>),
+    Room(mpsc::OwnedPermit<Outgoing>),
     Arrived(u32, u64, Option<Result<AmqpDelivery, lapin::Error>>),
     Nudge,
 }
@@ -79,7 +79,7 @@ pub(crate) struct Subscriber {
     pub metrics: Metrics,
     pub prefetch: usize,
     pub settle: mpsc::Receiver<Settle>,
-    pub out: mpsc::Sender<Result<Delivery, Error>>,
+    pub out: mpsc::Sender<Outgoing>,
     pub cancel: CancellationToken,
     pub paused: watch::Receiver<bool>,
     pub notices: watch::Receiver<Option<(String, u32)>>,
@@ -277,7 +277,7 @@ impl Task {
                 Event::Notice(_) => Ok(()),
                 Event::Room(permit) => {
                     if let Some(delivery) = self.next_delivery() {
-                        permit.send(Ok(delivery));
+                        permit.send(Ok(Box::new(delivery)));
                     }
                     Ok(())
                 }

@@ -97,13 +97,13 @@ impl PublisherHandle {
         pass: crate::bus::drain::Pass,
     ) -> Result<Pending, Error> {
         let (reply, pending) = oneshot::channel();
-        let command = session::Command {
+        let command = Box::new(session::Command {
             publish,
             properties: Some(properties),
             started: Instant::now(),
             reply,
             _pass: pass,
-        };
+        });
         self.tx
             .send(command)
             .await
@@ -205,13 +205,13 @@ impl Bus {
     ) -> Result<Pending, Error> {
         let publish = self.counted(self.resolve(publish).await)?;
         let (reply, pending) = oneshot::channel();
-        let command = session::Command {
+        let command = Box::new(session::Command {
             publish,
             properties: None,
             started,
             reply,
             _pass: pass,
-        };
+        });
         if publisher.tx.send(command).await.is_err() {
             self.metrics.publish(crate::metrics::outcome::UNAVAILABLE);
             return Err(Error::ShuttingDown);

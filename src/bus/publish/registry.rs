@@ -26,7 +26,7 @@ pub const OWN_CHANNELS: usize = 64;
 /// handles are gone.
 #[derive(Clone)]
 pub struct Handle {
-    pub(in crate::bus) tx: mpsc::Sender<Command>,
+    pub(in crate::bus) tx: mpsc::Sender<Box<Command>>,
     pub(in crate::bus) caller: Caller,
 }
 

@@ -30,7 +30,9 @@ use crate::bus::drain::Pass;
 use crate::error::Error;
 use crate::metrics::outcome;
 
-/// A queued publish and where its outcome goes.
+/// A queued publish and where its outcome goes (boxed on the queue: a
+/// publisher's queue then holds pointers, and an idle one costs a few
+/// hundred bytes instead of a block of 32 of these).
 pub(crate) struct Command {
     pub publish: Publish,
     /// AMQP properties to send as they are (republished deliveries keep
@@ -43,7 +45,7 @@ pub(crate) struct Command {
 }
 
 struct InFlight {
-    command: Command,
+    command: Box<Command>,
     attempts: u32,
     /// Channel closes under it that named no culprit.
     unexplained: u32,
@@ -66,7 +68,7 @@ pub(crate) fn spawn(
     permit: Option<(OwnedSemaphorePermit, Held)>,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
-) -> mpsc::Sender<Command> {
+) -> mpsc::Sender<Box<Command>> {
     let (tx, rx) = mpsc::channel(ctx.max_in_flight.min(1024));
     let task = Task {
         ctx,
@@ -87,7 +89,7 @@ pub(crate) fn spawn(
 
 struct Task {
     ctx: Context,
-    rx: mpsc::Receiver<Command>,
+    rx: mpsc::Receiver<Box<Command>>,
     channel: Option<Channel>,
     /// Bumped whenever the channel is replaced; older confirms are stale.
     generation: u64,
@@ -157,7 +159,7 @@ impl Task {
         }
     }
 
-    async fn start(&mut self, command: Command) {
+    async fn start(&mut self, command: Box<Command>) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = InFlight {
@@ -385,7 +387,7 @@ impl Task {
         }
     }
 
-    fn finish(&self, command: Command, result: Result<Confirmed, Error>) {
+    fn finish(&self, command: Box<Command>, result: Result<Confirmed, Error>) {
         self.ctx.record(command.started, &command.publish, &result);
         // The caller may have gone (deadline, disconnect): nothing to tell.
         let _ = command.reply.send(result);

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::delivery::{self, Delivery, DeliveryId};
+use super::delivery::{self, Delivery, DeliveryId, Outgoing};
 use super::open::{Opened, Opener};
 use super::settle::{Held, Settle, State};
 use crate::amqp::{self, codec, Channel, Pool};
@@ -50,7 +50,7 @@ pub(crate) struct Subscriber {
     pub ctx: Context,
     pub settle: mpsc::Receiver<Settle>,
     pub settle_tx: mpsc::Sender<Settle>,
-    pub out: mpsc::Sender<Result<Delivery, Error>>,
+    pub out: mpsc::Sender<Outgoing>,
     pub cancel: CancellationToken,
 }
 
@@ -105,7 +105,7 @@ impl Subscriber {
                         };
                         self.ctx.metrics.deliveries_total.inc();
                         if let Some(p) = permit.take() {
-                            p.send(Ok(delivery));
+                            p.send(Ok(Box::new(delivery)));
                         }
                         acked
                     }

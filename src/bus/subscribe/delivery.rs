@@ -102,6 +102,11 @@ impl SubscribeRequest {
     }
 }
 
+/// What a subscription's task hands its stream: a delivery (boxed, so the
+/// queue between them holds pointers and an idle stream's first block is
+/// small), or the error that ends the stream.
+pub(crate) type Outgoing = Result<Box<Delivery>, Error>;
+
 /// One delivered message.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -20,6 +20,7 @@ use crate::error::Error;
 
 pub(crate) use deadline::Deadlines;
 pub use deadline::MAX_ACK_DEADLINE_MS;
+pub(crate) use delivery::Outgoing;
 pub(crate) use delivery::{attempt, DeliveryId};
 pub use delivery::{Delivery, SubscribeRequest, ATTEMPT_HEADER};
 pub use registry::Subscription;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::consumer::{Context, Subscriber};
-use super::delivery::{Delivery, DeliveryId, SubscribeRequest};
+use super::delivery::{Delivery, DeliveryId, Outgoing, SubscribeRequest};
 use super::open::{Opened, Opener};
 use super::settle::{Action, Settle};
 use crate::amqp::Pool;
@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 /// subscription and hands unacked deliveries back to the broker.
 pub struct Subscription {
     /// Deliveries, then at most one error if the broker ended the subscription.
-    pub deliveries: mpsc::Receiver<Result<Delivery, Error>>,
+    pub deliveries: mpsc::Receiver<Outgoing>,
     /// The queue consumed (the generated name for a temporary queue).
     pub queue: String,
     /// Ends the subscription when the stream is dropped.
@@ -49,7 +49,9 @@ impl futures::Stream for Subscription {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.deliveries.poll_recv(cx)
+        self.deliveries
+            .poll_recv(cx)
+            .map(|next| next.map(|delivery| delivery.map(|boxed| *boxed)))
     }
 }
 
@@ -79,8 +81,8 @@ struct Wiring {
     id: u64,
     settle_tx: mpsc::Sender<Settle>,
     settle: mpsc::Receiver<Settle>,
-    out: mpsc::Sender<Result<Delivery, Error>>,
-    deliveries: mpsc::Receiver<Result<Delivery, Error>>,
+    out: mpsc::Sender<Outgoing>,
+    deliveries: mpsc::Receiver<Outgoing>,
     cancel: CancellationToken,
 }
 
