@@ -72,6 +72,13 @@ pub enum Error {
         /// When forwarding is likely to have made room.
         retry_after: Duration,
     },
+    /// Warren holds as many message bodies as it may at once
+    /// (`publish.max_bytes_in_flight`): try again shortly.
+    #[error("Warren holds {limit} bytes of message bodies in flight already (publish.max_bytes_in_flight); try again shortly")]
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
     /// The broker negatively acknowledged a message.
     #[error("the broker rejected the message (basic.nack); it was not stored")]
     Nacked,
@@ -155,7 +162,10 @@ impl Error {
             | Error::RateLimited { .. }
             | Error::DeadlineExceeded(_) => Origin::Client,
             Error::Nacked | Error::Unavailable { .. } => Origin::Broker,
-            Error::SpoolFull { .. } | Error::ShuttingDown | Error::Internal(_) => Origin::Warren,
+            Error::SpoolFull { .. }
+            | Error::Overloaded { .. }
+            | Error::ShuttingDown
+            | Error::Internal(_) => Origin::Warren,
         }
     }
 
@@ -168,7 +178,8 @@ impl Error {
             Error::TooLarge { .. }
             | Error::LimitReached(_)
             | Error::RateLimited { .. }
-            | Error::SpoolFull { .. } => code::RESOURCE_EXHAUSTED,
+            | Error::SpoolFull { .. }
+            | Error::Overloaded { .. } => code::RESOURCE_EXHAUSTED,
             Error::PermissionDenied(_) => code::PERMISSION_DENIED,
             Error::Unauthenticated(_) => code::UNAUTHENTICATED,
             Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => code::UNAVAILABLE,
@@ -188,7 +199,10 @@ impl Error {
             Error::Unroutable { .. } | Error::FailedPrecondition(_) => 422,
             Error::LimitReached(_) | Error::RateLimited { .. } | Error::SpoolFull { .. } => 429,
             Error::Internal(_) => 500,
-            Error::Nacked | Error::Unavailable { .. } | Error::ShuttingDown => 503,
+            Error::Nacked
+            | Error::Unavailable { .. }
+            | Error::Overloaded { .. }
+            | Error::ShuttingDown => 503,
             Error::DeadlineExceeded(_) => 504,
         }
     }
@@ -206,6 +220,7 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::RateLimited { .. } => "rate-limited",
             Error::SpoolFull { .. } => "spool-full",
+            Error::Overloaded { .. } => "overloaded",
             Error::Nacked => "nacked",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline-exceeded",
@@ -230,6 +245,7 @@ impl Error {
             | Error::LimitReached(_)
             | Error::RateLimited { .. }
             | Error::SpoolFull { .. }
+            | Error::Overloaded { .. }
             | Error::ShuttingDown => true,
             Error::InvalidArgument(_)
             | Error::NotFound(_)
@@ -278,6 +294,7 @@ mod tests {
             Error::Unauthenticated(_) => (16, 401, Origin::Client, false),
             Error::RateLimited { .. } => (8, 429, Origin::Client, true),
             Error::SpoolFull { .. } => (8, 429, Origin::Warren, true),
+            Error::Overloaded { .. } => (8, 503, Origin::Warren, true),
             Error::Nacked => (14, 503, Origin::Broker, true),
             Error::Unavailable { .. } => (14, 503, Origin::Broker, true),
             Error::DeadlineExceeded(_) => (4, 504, Origin::Client, false),
@@ -313,6 +330,7 @@ mod tests {
                 max_bytes: 1,
                 retry_after: Duration::from_secs(1),
             },
+            Error::Overloaded { limit: 1 },
             Error::Nacked,
             Error::unavailable("down"),
             Error::DeadlineExceeded("x".into()),

@@ -549,6 +549,90 @@ async fn publishes_cancelled_while_the_broker_stalls_open_the_breaker() {
     warren.stop().await;
 }
 
+/// Bodies waiting on the broker count against `publish.max_bytes_in_flight`
+/// on every path: past it a publish is refused at once (RESOURCE_EXHAUSTED
+/// over gRPC, 503 with Retry-After over HTTP), publishes nothing and trips
+/// no breaker; the ones in flight are confirmed once the broker takes
+/// messages again. (A memory alarm keeps the first two in flight.)
+#[tokio::test]
+async fn bodies_in_flight_are_capped_on_every_path() {
+    let _serial = serial().await;
+    let _restore = Restore;
+    let mib = 1024 * 1024;
+    let warren = Warren::start_with(common::config_with(&[
+        ("WARREN__PUBLISH__MAX_BODY_BYTES", &mib.to_string()),
+        (
+            "WARREN__PUBLISH__MAX_BYTES_IN_FLIGHT",
+            &(5 * mib / 2).to_string(),
+        ),
+    ]))
+    .await;
+    let queue = unique("bytes-in-flight");
+    durable_queue(&queue).await;
+    let mut client = warren.grpc().await;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+    let stalled: Vec<_> = (0..2)
+        .map(|i| {
+            let mut client = client.clone();
+            let body = format!("{i}").repeat(mib);
+            let queue = queue.clone();
+            tokio::spawn(async move { client.publish(request(&queue, body)).await })
+        })
+        .collect();
+    wait_for("2 MiB in flight", Duration::from_secs(10), async || {
+        common::metric(&warren.metrics().await, "warren_publish_bytes_in_flight")
+            == (2 * mib) as f64
+    })
+    .await;
+    let started = Instant::now();
+    let e = client
+        .publish(request(&queue, "x".repeat(mib)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_bytes_in_flight"), "{e:?}");
+    let http = reqwest::Client::new()
+        .post(warren.url(&format!("/v1/publish/amq.default/{queue}")))
+        .body("y".repeat(mib))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http.status(), 503);
+    assert!(http.headers().contains_key("retry-after"), "{http:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    for publish in stalled {
+        publish
+            .await
+            .unwrap()
+            .expect("confirmed once the alarm is gone");
+    }
+    let broker = Broker::connect().await;
+    let bodies = broker.bodies(&queue, 3).await;
+    assert_eq!(bodies.len(), 2, "the refused ones were not published");
+    assert!(bodies
+        .iter()
+        .all(|b| b.len() == mib && !b.starts_with('x') && !b.starts_with('y')));
+    let metrics = warren.metrics().await;
+    assert_eq!(
+        common::metric(&metrics, "warren_publish_bytes_in_flight"),
+        0.0
+    );
+    assert!(
+        metrics.contains("warren_circuit_breaker_state 0"),
+        "{metrics}"
+    );
+    client
+        .publish(request(&queue, "after".into()))
+        .await
+        .unwrap();
+    warren.stop().await;
+}
+
 #[tokio::test]
 async fn rpc_and_topology_recover_after_connections_drop() {
     let _serial = serial().await;

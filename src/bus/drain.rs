@@ -10,15 +10,29 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 
-/// Held by a call in flight; dropping it lets the drain go on.
+/// Held by a call in flight; dropping it lets the drain go on. A
+/// publish's pass also holds its body's bytes against
+/// `publish.max_bytes_in_flight` (see [`super::publish::Budget`]).
 #[derive(Debug)]
 pub struct Pass {
     _token: TaskTrackerToken,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Pass {
+    /// The same pass, holding `bytes` too until it is dropped.
+    pub fn holding(self, bytes: OwnedSemaphorePermit) -> Self {
+        Self {
+            _bytes: Some(bytes),
+            ..self
+        }
+    }
 }
 
 /// The gate every bus entry passes.
@@ -37,7 +51,10 @@ impl Gate {
         if self.closing.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
-        Ok(Pass { _token: token })
+        Ok(Pass {
+            _token: token,
+            _bytes: None,
+        })
     }
 
     /// Whether the gate is closed.

@@ -97,6 +97,8 @@ pub struct Bus {
     background: TaskTracker,
     /// `[spool]`, when enabled.
     spool: Option<Arc<spool::Spool>>,
+    /// Message bodies in flight (`publish.max_bytes_in_flight`).
+    bodies: publish::Budget,
 }
 
 impl Bus {
@@ -178,6 +180,7 @@ impl Bus {
             },
         );
         let gate = Arc::new(Gate::default());
+        let bodies = publish::Budget::new(config.publish.max_bytes_in_flight, &metrics);
         let forwarder = schedule::Forwarder {
             pool: consume_pool.clone(),
             exchanges: exchanges.clone(),
@@ -217,6 +220,7 @@ impl Bus {
             scheduled,
             background,
             spool: spool.map(Arc::new),
+            bodies,
         });
         bus.start_push();
         bus.start_spool();

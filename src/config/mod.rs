@@ -192,6 +192,16 @@ impl Config {
                 format!("must be at least {largest} (2 x publish.max_body_bytes + 64 KiB: room for the largest request)"),
             ));
         }
+        if self.publish.max_bytes_in_flight < self.publish.max_body_bytes {
+            return Err(invalid(
+                "publish.max_bytes_in_flight",
+                self.publish.max_bytes_in_flight,
+                format!(
+                    "must be at least publish.max_body_bytes ({}): room for the largest message",
+                    self.publish.max_body_bytes
+                ),
+            ));
+        }
         if self.http.allowed_hosts.is_empty() {
             return Err(invalid(
                 "http.allowed_hosts",

@@ -154,6 +154,10 @@ pub struct Publish {
     pub max_body_bytes: usize,
     /// Unconfirmed messages one publisher channel may have in flight.
     pub max_in_flight: usize,
+    /// Bytes of message bodies Warren holds at once, over every publish
+    /// path, from routing to answer; past it a publish is refused at once
+    /// (RESOURCE_EXHAUSTED / 503, retryable).
+    pub max_bytes_in_flight: usize,
     /// Requests one `PublishStream` (or one HTTP batch) may have awaiting
     /// their confirms.
     pub stream_window: usize,
@@ -183,6 +187,7 @@ impl Default for Publish {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
             max_in_flight: 4096,
+            max_bytes_in_flight: 256 * 1024 * 1024,
             stream_window: 1024,
             max_batch_messages: 10_000,
             max_batch_bytes: 64 * 1024 * 1024,

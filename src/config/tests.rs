@@ -384,3 +384,14 @@ fn ordered_groups_are_checked() {
     let error = message(load("[[ordered]]\nname = \"o\"\nparts = 2\n"));
     assert!(error.contains("parts"), "{error}");
 }
+
+#[test]
+fn bodies_in_flight_must_hold_the_largest_message() {
+    let e = message(load_env(&[
+        ("WARREN__PUBLISH__MAX_BODY_BYTES", "2000"),
+        ("WARREN__PUBLISH__MAX_BYTES_IN_FLIGHT", "1999"),
+    ]));
+    assert!(e.contains("publish.max_bytes_in_flight"), "{e}");
+    let c = load_env(&[("WARREN__PUBLISH__MAX_BYTES_IN_FLIGHT", "8388608")]).unwrap();
+    assert_eq!(c.publish.max_bytes_in_flight, 8 * 1024 * 1024);
+}

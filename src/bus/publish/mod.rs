@@ -1,12 +1,14 @@
 //! Publishing: validation, then a publisher session (streams, named
 //! publishers) or the shared channels.
 //!
+//! - `budget`: the cap on message bodies in flight, on every path.
 //! - `validate`: what a publish must satisfy before it reaches the broker.
 //! - `session`: a publisher task owning one confirm channel, in order.
 //! - `registry`: named publishers and stream sessions, capped and reaped.
 //! - `shared`: the shared channels used by the request's own task.
 //! - `verdict`: what the broker's answer means, counted in one place.
 
+mod budget;
 mod registry;
 mod session;
 mod shared;
@@ -24,6 +26,7 @@ use crate::auth::{Access, Caller};
 use crate::error::Error;
 use crate::message::Message;
 
+pub(super) use budget::Budget;
 pub use registry::Handle as PublisherHandle;
 pub(super) use registry::Publishers;
 pub(super) use shared::Shared;

@@ -151,6 +151,7 @@ pub(crate) fn outcome_of(error: &Error) -> usize {
         | Error::LimitReached(_) => outcome::INVALID,
         Error::SpoolFull { .. } => outcome::SPOOL_FULL,
         Error::Unavailable { .. }
+        | Error::Overloaded { .. }
         | Error::DeadlineExceeded(_)
         | Error::ShuttingDown
         | Error::Internal(_) => outcome::UNAVAILABLE,

@@ -52,17 +52,19 @@ impl Bus {
     /// spool is on, the publish allows it, and either earlier publishes are
     /// still spooled (so that order holds) or the broker cannot be reached
     /// (down, or the circuit open); else to the broker, failing fast while
-    /// it is away.
+    /// it is away. The publish's pass holds its body's bytes until it is
+    /// answered (past `publish.max_bytes_in_flight`: refused here).
     pub(crate) fn route(&self, publish: &Publish) -> Result<Route, Error> {
         let allowed = publish.allow_spool.unwrap_or(self.config.spool.default);
         let spool = self.spool.as_ref().filter(|_| allowed);
+        let bytes = self.bodies.hold(publish.message.body.len())?;
         if let Some(spool) = spool.filter(|s| s.is_waiting()) {
-            return Ok(Route::Spool(spool.clone(), self.enter()?));
+            return Ok(Route::Spool(spool.clone(), self.enter()?.holding(bytes)));
         }
         match (self.enter_broker(), spool) {
-            (Ok(pass), _) => Ok(Route::Broker(pass)),
+            (Ok(pass), _) => Ok(Route::Broker(pass.holding(bytes))),
             (Err(Error::Unavailable { .. }), Some(spool)) => {
-                Ok(Route::Spool(spool.clone(), self.enter()?))
+                Ok(Route::Spool(spool.clone(), self.enter()?.holding(bytes)))
             }
             (Err(e), _) => Err(e),
         }
