@@ -127,6 +127,20 @@ impl Warren {
         }
     }
 
+    /// A metric's value off Warren's `/metrics`: the sample of `name`
+    /// without labels.
+    pub async fn metric(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
+        let text = http
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("no {name} in /metrics"))
+    }
+
     /// The last `n` lines of Warren's output, when the load test started it.
     pub fn log_tail(&self, n: usize) -> String {
         let Some(text) = self
