@@ -177,6 +177,12 @@ pub struct Args {
     /// window, prefetch); a list runs each.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub growth_in_flight: Vec<usize>,
+    /// Instead of the scenarios, send at these fixed rates (messages per
+    /// second) through Warren: publish-unary, publish-http, subscribe and rpc
+    /// (of those picked with `--scenario`), each for `--duration` seconds or
+    /// `--messages`, whichever is fewer.
+    #[arg(long, value_delimiter = ',')]
+    pub paced: Vec<f64>,
 }
 
 /// A `--scenario` value.
@@ -251,6 +257,10 @@ impl Args {
         anyhow::ensure!(
             self.mgmt_auth.contains(':'),
             "--mgmt-auth must be USER:PASSWORD"
+        );
+        anyhow::ensure!(
+            self.paced.iter().all(|r| *r > 0.0 && *r <= 1_000_000.0),
+            "--paced rates must be above 0 and at most 1000000"
         );
         anyhow::ensure!(
             self.growth_steps.iter().all(|&n| (1..=50_000).contains(&n)),

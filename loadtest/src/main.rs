@@ -10,12 +10,13 @@
 //! `--delay-precision` measures scheduled publish instead: how late messages
 //! published with a delay arrive ([`delay`]). `--growth
 //! streams|publishers|sizes` measures how Warren's memory, fds, threads and
-//! channels grow with what it holds open ([`growth`]).
+//! channels grow with what it holds open ([`growth`]); `--paced RATES` its
+//! CPU and context switches per message at fixed rates ([`paced`]).
 //!
 //! Modules: [`cli`] options · [`warren`] the process under test · [`broker`]
 //! lapin helpers · [`session`] the scenarios run one by one on a quiet
 //! machine · [`scenarios`] the workloads · [`spool`] `--spool-compare` · [`delay`] scheduled-publish
-//! precision · [`growth`] `--growth` · [`harness`] bounds, latency
+//! precision · [`growth`] `--growth` · [`paced`] `--paced` · [`harness`] bounds, latency
 //! histograms, progress · [`procfs`] CPU and memory from `/proc` ·
 //! [`report`] table, targets, JSON · [`plot`] the optional SVG chart.
 
@@ -26,6 +27,7 @@ mod delay;
 mod growth;
 mod harness;
 mod ordered;
+mod paced;
 mod plot;
 mod procfs;
 mod push;
@@ -160,6 +162,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if let Some(mode) = args.growth {
         return growth::run(&args, mode, &mut warren, &mut info, &amqp).await;
+    }
+    if !args.paced.is_empty() {
+        return paced::run(&args, &mut warren, &mut info, &amqp).await;
     }
     if args.push_compare || args.ordered_compare {
         return compare::run(&args, &mut warren, &mut info, &amqp).await;
