@@ -195,7 +195,7 @@ pub async fn run(
             Growth::Publishers => publishers::run(args, warren, amqp)
                 .await
                 .map(Outcome::Steps),
-            Growth::Sizes => sizes::run(args, warren).await.map(Outcome::Sizes),
+            Growth::Sizes => sizes::run(args, &mut *warren).await.map(Outcome::Sizes),
         }
     };
     let measured = tokio::select! {

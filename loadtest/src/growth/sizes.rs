@@ -8,6 +8,11 @@
 //! VmRSS is sampled every 50 ms. The peak minus the RSS just before,
 //! divided by size x in flight, is how many copies of each body Warren held
 //! at the peak (allocator slack included: small sizes are mostly noise).
+//!
+//! Each run gets a freshly started Warren (when the load test started it):
+//! memory freed by a run is mostly kept by the allocator, so on one Warren
+//! the next run would find it and grow less, and its "copies" would read
+//! low. An attached Warren (`--warren-url-*`) is used as it is, and says so.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -50,12 +55,21 @@ pub struct Run {
     /// (peak - before) / (size x in flight).
     pub copies: Option<f64>,
     pub warren_cpu_us_per_msg: Option<f64>,
+    /// Whether the run had a Warren of its own, freshly started.
+    pub fresh_warren: bool,
     pub errors: u64,
     pub error: Option<String>,
 }
 
-pub async fn run(args: &Args, warren: &Warren) -> anyhow::Result<Vec<Run>> {
-    let pid = warren.pid;
+pub async fn run(args: &Args, warren: &mut Warren) -> anyhow::Result<Vec<Run>> {
+    let fresh = warren.restartable();
+    if !fresh {
+        eprintln!(
+            "note: an attached Warren is not restarted between runs: each run's RSS before \
+             holds what the runs before it left"
+        );
+    }
+    let mut first = true;
     let mut sizes = args.growth_sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
@@ -88,7 +102,21 @@ pub async fn run(args: &Args, warren: &Warren) -> anyhow::Result<Vec<Run>> {
                     queue: broker::unique("growth-sizes", scenario.name()),
                     body: body.clone(),
                 };
-                let run = one(&ctx, &admin, &spec, in_flight, pid).await;
+                if fresh && !first {
+                    if let Some(ended) = warren.restart().await? {
+                        if !ended.contains("exit status: 0") {
+                            eprintln!("note: Warren before {} {size} B: {ended}", scenario.name());
+                        }
+                    }
+                    ctx.grpc = vec![
+                        connection(args, warren).await?,
+                        connection(args, warren).await?,
+                    ];
+                    ctx.warren_http = warren.http.clone();
+                }
+                first = false;
+                let mut run = one(&ctx, &admin, &spec, in_flight, warren.pid).await;
+                run.fresh_warren = fresh;
                 eprintln!(
                     "{} {size} B x {in_flight}: {} msgs, {} copies{}",
                     run.path,
@@ -137,6 +165,7 @@ async fn one(
         rss_peak_kib: None,
         copies: None,
         warren_cpu_us_per_msg: None,
+        fresh_warren: false,
         errors: 0,
         error: None,
     };
