@@ -58,7 +58,8 @@ pub fn sizes(runs: &[Run], path: &Path) -> anyhow::Result<()> {
     for r in runs {
         let Some(copies) = r.copies else { continue };
         let label = format!("{} x{}", r.path, r.in_flight);
-        let point = (r.size as f64, copies.max(0.0));
+        // Log scale: a run that grew nothing is drawn at the floor.
+        let point = (r.size as f64, copies.max(0.01));
         match curves.iter_mut().find(|(l, _)| *l == label) {
             Some((_, points)) => points.push(point),
             None => curves.push((label, vec![point])),
@@ -66,9 +67,10 @@ pub fn sizes(runs: &[Run], path: &Path) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!curves.is_empty(), "no run has copies to draw");
     let all = curves.iter().flat_map(|(_, p)| p.iter());
-    let (min_x, max_x, max_y) = all.fold((f64::MAX, 1.0f64, 1.0f64), |(a, b, c), p| {
-        (a.min(p.0), b.max(p.0), c.max(p.1))
-    });
+    let (min_x, max_x, min_y, max_y) = all
+        .fold((f64::MAX, 1.0f64, 0.5f64, 1.0f64), |(a, b, c, d), p| {
+            (a.min(p.0), b.max(p.0), c.min(p.1), d.max(p.1))
+        });
     let err = err(path);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -79,13 +81,14 @@ pub fn sizes(runs: &[Run], path: &Path) -> anyhow::Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(
             (min_x * 0.7..max_x * 1.4).log_scale(),
-            0f64..max_y.min(50.0) * 1.15,
+            (min_y * 0.7..max_y * 1.5).log_scale(),
         )
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc("body size")
-        .y_desc("(peak - before) / (size x in flight)")
+        .y_desc("copies: (peak - before) / (size x in flight)")
+        .y_label_formatter(&|y| format!("{y:.2}"))
         .x_label_formatter(&|x| match *x {
             x if x >= 1048576.0 => format!("{:.0} MiB", x / 1048576.0),
             x if x >= 1024.0 => format!("{:.0} KiB", x / 1024.0),
@@ -95,6 +98,9 @@ pub fn sizes(runs: &[Run], path: &Path) -> anyhow::Result<()> {
         .map_err(|e| err(&e))?;
     for (i, (label, points)) in curves.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(&e))?;
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| err(&e))?
