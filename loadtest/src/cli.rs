@@ -258,6 +258,19 @@ impl Args {
             self.mgmt_auth.contains(':'),
             "--mgmt-auth must be USER:PASSWORD"
         );
+        let modes = [
+            self.growth.is_some(),
+            !self.paced.is_empty(),
+            self.delay_precision,
+            self.push_compare,
+            self.ordered_compare,
+            self.spool_compare,
+        ];
+        let new_mode = self.growth.is_some() || !self.paced.is_empty();
+        anyhow::ensure!(
+            !new_mode || modes.iter().filter(|&&m| m).count() == 1,
+            "--growth and --paced are modes of their own: not with each other or another mode"
+        );
         anyhow::ensure!(
             self.paced.iter().all(|r| *r > 0.0 && *r <= 1_000_000.0),
             "--paced rates must be above 0 and at most 1000000"
