@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::growth::Growth;
 use crate::scenarios::{QueueType, Scenario, Target};
 
 /// Load-tests Warren against the broker it bridges to.
@@ -145,6 +146,43 @@ pub struct Args {
     /// Messages per delay for `--delay-precision`, spread over one second.
     #[arg(long, default_value_t = 20)]
     pub delay_messages: usize,
+    /// Instead of the scenarios, measure how Warren's cost grows with open
+    /// `Subscribe` streams, named publishers, or message sizes (see
+    /// `--growth-steps`, `--growth-sizes`).
+    #[arg(long, value_enum)]
+    pub growth: Option<Growth>,
+    /// Counts `--growth streams|publishers` steps through (default
+    /// 1,10,100,500,1000,2000 streams; 1,10,100,1000,5000 publishers).
+    #[arg(long, value_delimiter = ',')]
+    pub growth_steps: Vec<usize>,
+    /// Queues the streams of `--growth streams` share, round-robin (0: one
+    /// queue per stream).
+    #[arg(long, default_value_t = 16)]
+    pub growth_queues: usize,
+    /// Messages per second published over the queues while each step of
+    /// `--growth streams` is held (0: idle streams).
+    #[arg(long, default_value_t = 0.0)]
+    pub growth_trickle: f64,
+    /// How long a `--growth streams` step is held (and trickled to) before
+    /// it is sampled again, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub growth_hold: f64,
+    /// Seconds to wait after releasing everything before the last sample.
+    #[arg(long, default_value_t = 5.0)]
+    pub growth_settle: f64,
+    /// Message sizes of `--growth sizes`, up to 64 MiB: `1k,64k,1m,4m,16m`.
+    #[arg(long, value_delimiter = ',', default_value = "1k,64k,1m,4m,16m", value_parser = parse_big_size)]
+    pub growth_sizes: Vec<usize>,
+    /// Messages in flight at once in `--growth sizes` (callers, stream
+    /// window, prefetch); a list runs each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub growth_in_flight: Vec<usize>,
+    /// Instead of the scenarios, send at these fixed rates (messages per
+    /// second) through Warren: publish-unary, publish-http, subscribe and rpc
+    /// (of those picked with `--scenario`), each for `--duration` seconds or
+    /// `--messages`, whichever is fewer.
+    #[arg(long, value_delimiter = ',')]
+    pub paced: Vec<f64>,
 }
 
 /// A `--scenario` value.
@@ -220,6 +258,37 @@ impl Args {
             self.mgmt_auth.contains(':'),
             "--mgmt-auth must be USER:PASSWORD"
         );
+        let modes = [
+            self.growth.is_some(),
+            !self.paced.is_empty(),
+            self.delay_precision,
+            self.push_compare,
+            self.ordered_compare,
+            self.spool_compare,
+        ];
+        let new_mode = self.growth.is_some() || !self.paced.is_empty();
+        anyhow::ensure!(
+            !new_mode || modes.iter().filter(|&&m| m).count() == 1,
+            "--growth and --paced are modes of their own: not with each other or another mode"
+        );
+        anyhow::ensure!(
+            self.paced.iter().all(|r| *r > 0.0 && *r <= 1_000_000.0),
+            "--paced rates must be above 0 and at most 1000000"
+        );
+        anyhow::ensure!(
+            self.growth_steps.iter().all(|&n| (1..=50_000).contains(&n)),
+            "--growth-steps must be 1 to 50000 each"
+        );
+        anyhow::ensure!(
+            self.growth_in_flight
+                .iter()
+                .all(|&n| (1..=256).contains(&n)),
+            "--growth-in-flight must be 1 to 256 each"
+        );
+        anyhow::ensure!(
+            self.growth_trickle >= 0.0 && self.growth_hold >= 0.0 && self.growth_settle >= 0.0,
+            "--growth-trickle, --growth-hold and --growth-settle must not be negative"
+        );
         let urls = [
             Some(&self.amqp_url),
             Some(&self.mgmt_url),
@@ -269,6 +338,25 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// Parses `512`, `1k`, `64KiB`, `1m`, `16MiB`: 1 byte to 64 MiB.
+fn parse_big_size(s: &str) -> Result<usize, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, factor) = match digits.chars().last() {
+        Some('k') => (&digits[..digits.len() - 1], 1024),
+        Some('m') => (&digits[..digits.len() - 1], 1024 * 1024),
+        _ => (digits, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes"))?;
+    let n = n.saturating_mul(factor);
+    if !(1..=64 * 1024 * 1024).contains(&n) {
+        return Err(format!("{s:?}: sizes go from 1 B to 64 MiB"));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +369,17 @@ mod tests {
         assert_eq!(parse_size("64k"), Ok(65536));
         assert!(parse_size("63").is_err());
         assert!(parse_size("65537").is_err());
+    }
+
+    #[test]
+    fn big_sizes() {
+        assert_eq!(parse_big_size("1k"), Ok(1024));
+        assert_eq!(parse_big_size("16m"), Ok(16 << 20));
+        assert_eq!(parse_big_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_big_size("100"), Ok(100));
+        assert!(parse_big_size("0").is_err());
+        assert!(parse_big_size("65m").is_err());
+        assert!(parse_big_size("x").is_err());
     }
 
     #[test]

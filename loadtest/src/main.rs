@@ -8,12 +8,15 @@
 //! [--warren-pid]` target a running one instead.
 //!
 //! `--delay-precision` measures scheduled publish instead: how late messages
-//! published with a delay arrive ([`delay`]).
+//! published with a delay arrive ([`delay`]). `--growth
+//! streams|publishers|sizes` measures how Warren's memory, fds, threads and
+//! channels grow with what it holds open ([`growth`]); `--paced RATES` its
+//! CPU and context switches per message at fixed rates ([`paced`]).
 //!
 //! Modules: [`cli`] options · [`warren`] the process under test · [`broker`]
 //! lapin helpers · [`session`] the scenarios run one by one on a quiet
 //! machine · [`scenarios`] the workloads · [`spool`] `--spool-compare` · [`delay`] scheduled-publish
-//! precision · [`harness`] bounds, latency
+//! precision · [`growth`] `--growth` · [`paced`] `--paced` · [`harness`] bounds, latency
 //! histograms, progress · [`procfs`] CPU and memory from `/proc` ·
 //! [`report`] table, targets, JSON · [`plot`] the optional SVG chart.
 
@@ -21,8 +24,10 @@ mod broker;
 mod cli;
 mod compare;
 mod delay;
+mod growth;
 mod harness;
 mod ordered;
+mod paced;
 mod plot;
 mod procfs;
 mod push;
@@ -108,7 +113,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let config = args.warren_config.as_deref();
             let (env, amqp_url) = match &relay {
                 Some(relay) => (spool::env(&args.warren_env), relay.url.clone()),
-                None => (args.warren_env.clone(), args.amqp_url.clone()),
+                None => (growth::env(&args), args.amqp_url.clone()),
             };
             Warren::start(&args.warren_bin, config, &env, &amqp_url, &args.warren_log).await?
         }
@@ -154,6 +159,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if let Some(relay) = &relay {
         return spool::run(&args, &mut warren, &mut info, &amqp, relay).await;
+    }
+    if let Some(mode) = args.growth {
+        return growth::run(&args, mode, &mut warren, &mut info, &amqp).await;
+    }
+    if !args.paced.is_empty() {
+        return paced::run(&args, &mut warren, &mut info, &amqp).await;
     }
     if args.push_compare || args.ordered_compare {
         return compare::run(&args, &mut warren, &mut info, &amqp).await;

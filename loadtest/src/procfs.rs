@@ -69,6 +69,40 @@ pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     })
 }
 
+/// Threads of `pid` (`/proc/<pid>/status` Threads).
+pub fn threads(pid: u32) -> Option<u64> {
+    status_kib(pid, "Threads")
+}
+
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// Voluntary plus involuntary context switches of every thread of `pid`
+/// (`/proc/<pid>/task/*/status`; `/proc/<pid>/status` counts the main
+/// thread alone). A thread that exited in between takes its count with it.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended while we looked
+        };
+        for line in status.lines() {
+            let value = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+            if let Some(n) = value.and_then(|v| v.trim().parse::<u64>().ok()) {
+                total += n;
+            }
+        }
+    }
+    Some(total)
+}
+
 /// The RabbitMQ node's Erlang VM (`beam.smp`) with the most memory, if any.
 pub fn find_broker() -> Option<u32> {
     let mut best: Option<(u64, u32)> = None;
@@ -243,6 +277,9 @@ mod tests {
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
         assert!(status_kib(me, "VmHWM").unwrap() > 0);
         assert!(status_kib(me, "NoSuchKey").is_none());
+        assert!(threads(me).unwrap() >= 1);
+        assert!(open_fds(me).unwrap() >= 3);
+        assert!(context_switches(me).is_some());
         assert!(system_busy_ticks().is_some());
         assert!(alive(me));
     }

@@ -155,10 +155,10 @@ async fn rounds(
         let (confirmed, mut errors) = publish(&grpc, &queue, size, concurrency, args, false).await;
         relay.set(false);
         ready(&http, warren, false).await?;
-        let commits = metric(&http, warren, "warren_spool_commits").await?;
+        let commits = warren.metric(&http, "warren_spool_commits").await?;
         let (spooled, spool_errors) = publish(&grpc, &queue, size, concurrency, args, true).await;
         errors.extend(spool_errors);
-        let commits = metric(&http, warren, "warren_spool_commits").await? - commits;
+        let commits = warren.metric(&http, "warren_spool_commits").await? - commits;
         let waiting = depth(&http, warren).await?;
         relay.set(true);
         let restored = Instant::now();
@@ -274,19 +274,6 @@ async fn depth(http: &reqwest::Client, warren: &Warren) -> anyhow::Result<u64> {
     state["messages"]
         .as_u64()
         .context("GET /v1/spool: is Warren's spool on?")
-}
-
-/// A metric's value off `/metrics`.
-async fn metric(http: &reqwest::Client, warren: &Warren, name: &str) -> anyhow::Result<f64> {
-    let text = http
-        .get(format!("{}/metrics", warren.http))
-        .send()
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("no {name} in /metrics"))
 }
 
 fn table(rows: &[Round]) -> String {

@@ -26,6 +26,17 @@ pub struct Warren {
     /// Where its output goes, when the load test started it.
     pub log: Option<PathBuf>,
     child: Option<Child>,
+    /// How it was started, when the load test started it.
+    launch: Option<Launch>,
+}
+
+/// What [`Warren::start`] was given.
+#[derive(Clone)]
+struct Launch {
+    bin: PathBuf,
+    config: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    amqp_url: String,
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; Warren binds it right after).
@@ -52,35 +63,68 @@ impl Warren {
                 bin.display()
             );
         }
-        let (http_port, grpc_port) = (free_port()?, free_port()?);
         if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         let out = std::fs::File::create(log)
             .with_context(|| format!("cannot create the log {}", log.display()))?;
-        let mut command = Command::new(bin);
-        if let Some(config) = config {
+        let launch = Launch {
+            bin: bin.to_owned(),
+            config: config.map(Path::to_owned),
+            env: env.to_vec(),
+            amqp_url: amqp_url.to_owned(),
+        };
+        Self::spawn(launch, log, out).await
+    }
+
+    /// Stops a Warren the load test started and starts it again as it was
+    /// (on new ports, its output appended to the same log), for a
+    /// measurement that must not inherit memory from the one before. Says
+    /// how the old one ended.
+    pub async fn restart(&mut self) -> anyhow::Result<Option<String>> {
+        let (Some(launch), Some(log)) = (self.launch.clone(), self.log.clone()) else {
+            bail!("only a Warren the load test started can be restarted");
+        };
+        let ended = self.stop().await;
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open the log {}", log.display()))?;
+        *self = Self::spawn(launch, &log, out).await?;
+        Ok(ended)
+    }
+
+    /// Whether the load test started this Warren (and so can restart it).
+    pub fn restartable(&self) -> bool {
+        self.launch.is_some()
+    }
+
+    async fn spawn(launch: Launch, log: &Path, out: std::fs::File) -> anyhow::Result<Self> {
+        let (http_port, grpc_port) = (free_port()?, free_port()?);
+        let mut command = Command::new(&launch.bin);
+        if let Some(config) = &launch.config {
             command.arg("--config").arg(config);
         }
         let child = command
-            .env("WARREN__AMQP__URL", amqp_url)
+            .env("WARREN__AMQP__URL", &launch.amqp_url)
             .env("WARREN__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
             .env("WARREN__GRPC__LISTEN", format!("127.0.0.1:{grpc_port}"))
             .env("WARREN__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+            .with_context(|| format!("cannot start {}", launch.bin.display()))?;
         let mut warren = Self {
             http: format!("http://127.0.0.1:{http_port}"),
             grpc: format!("http://127.0.0.1:{grpc_port}"),
             pid: child.id(),
             log: Some(log.to_owned()),
             child: Some(child),
+            launch: Some(launch),
         };
         warren.wait_ready().await?;
         Ok(warren)
@@ -94,6 +138,7 @@ impl Warren {
             pid,
             log: None,
             child: None,
+            launch: None,
         };
         warren.wait_ready().await?;
         Ok(warren)
@@ -125,6 +170,20 @@ impl Warren {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A metric's value off Warren's `/metrics`: the sample of `name`
+    /// without labels.
+    pub async fn metric(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
+        let text = http
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("no {name} in /metrics"))
     }
 
     /// The last `n` lines of Warren's output, when the load test started it.

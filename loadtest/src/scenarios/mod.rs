@@ -10,6 +10,7 @@ mod rpc;
 mod subscribe;
 
 pub use http::mgmt_available;
+pub use subscribe::ack_as_they_come;
 
 use std::sync::Arc;
 

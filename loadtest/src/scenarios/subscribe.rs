@@ -21,7 +21,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
-use super::{Ctx, Spec};
+use super::{Ctx, Grpc, Spec};
 use crate::broker;
 use crate::harness::{Outcome, Progress, DRAIN};
 use crate::procfs::Meter;
@@ -276,4 +276,33 @@ pub async fn direct(
     let out = drain.finish()?;
     let _ = conn.close(200, "done".into()).await;
     Ok(out)
+}
+
+/// Acks the delivery ids that arrive on `ids`, every id waiting at the time
+/// in one `Ack` (up to 256): one per delivery when they come slowly, fewer
+/// under load. Failures are counted; ends when `ids` closes.
+pub async fn ack_as_they_come(
+    mut client: Grpc,
+    mut ids: mpsc::UnboundedReceiver<String>,
+) -> Outcome {
+    let mut out = Outcome::new(false);
+    while let Some(first) = ids.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match ids.try_recv() {
+                Ok(id) => batch.push(id),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let request = AckRequest {
+            delivery_ids: batch,
+        };
+        match client.ack(request).await {
+            Ok(r) if r.get_ref().acked as usize == n => out.ok += n as u64,
+            Ok(r) => out.error(format!("acked {} of {n}", r.get_ref().acked)),
+            Err(s) => out.error(format!("ack: {:?}: {}", s.code(), s.message())),
+        }
+    }
+    out
 }
