@@ -554,28 +554,32 @@ pub async fn sweep_test_topology() {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::trim)
-            .filter(|name| name.contains("test."))
+            // `test.` starts every name `unique` makes; Warren's own
+            // queues for one (retries, ordered slots) add a prefix or a
+            // suffix. Not the load tester's `warren-loadtest.` ones.
+            .filter(|name| name.starts_with("test.") || name.contains(".test."))
             .map(str::to_owned)
             .collect()
     };
     let broker = Broker::connect().await;
     let mut channel = broker.channel.clone();
     let (queues, exchanges) = (list("list_queues"), list("list_exchanges"));
-    for queue in &queues {
-        if channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await
-            .is_err()
-        {
-            channel = broker.connection.create_channel().await.expect("channel");
-        }
-    }
-    for exchange in &exchanges {
-        if channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .is_err()
-        {
+    let doomed = queues
+        .iter()
+        .map(|q| (true, q))
+        .chain(exchanges.iter().map(|e| (false, e)));
+    for (is_queue, name) in doomed {
+        let deleted = if is_queue {
+            channel
+                .queue_delete(name.as_str().into(), Default::default())
+                .await
+                .map(drop)
+        } else {
+            channel
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await
+        };
+        if deleted.is_err() {
             channel = broker.connection.create_channel().await.expect("channel");
         }
     }
