@@ -151,3 +151,36 @@ async fn bad_pauses_change_nothing() {
     );
     warren.stop().await;
 }
+
+/// A stream opened on a queue that other streams of the same Warren already
+/// watch takes the state they know (no broker read of its own), and that
+/// state follows pauses and resumes made on another Warren.
+#[tokio::test]
+async fn a_new_stream_on_a_watched_queue_takes_its_current_state() {
+    let broker = Broker::connect().await;
+    let queue = unique("pause-watched");
+    broker.queue(&queue).await;
+    let (a, b) = (Warren::start().await, Warren::start().await);
+    let mut client = b.grpc().await;
+    let mut first = subscribe(&mut client, &queue).await;
+    let (status, info) = post(&a.url(&format!("/v1/queues/{queue}/pause"))).await;
+    assert_eq!(status, 200, "{info}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = subscribe(&mut client, &queue).await;
+    broker.fill_text(&queue, &[b"held"]).await;
+    assert!(quiet(&mut first, Duration::from_secs(1)).await);
+    assert!(quiet(&mut second, Duration::from_secs(1)).await);
+    let (status, info) = post(&a.url(&format!("/v1/queues/{queue}/resume"))).await;
+    assert_eq!(status, 200, "{info}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut third = subscribe(&mut client, &queue).await;
+    let d = tokio::select! {
+        d = first.message() => d,
+        d = second.message() => d,
+        d = third.message() => d,
+    };
+    assert_eq!(body(&d.expect("stream ok").expect("open")), "held");
+    drop((first, second, third));
+    a.stop().await;
+    b.stop().await;
+}

@@ -55,6 +55,10 @@ pub enum Command {
 struct Watched {
     paused: watch::Sender<bool>,
     version: u64,
+    /// Whether the flag was read from the broker since the entry was made:
+    /// from then on announcements (and the listener's refresh after a
+    /// reconnect) keep it current, and a new watcher takes it as it is.
+    known: bool,
 }
 
 /// What this Warren knows of the control state, and whom it tells.
@@ -115,7 +119,10 @@ impl Control {
     }
 
     /// `queue`'s paused flag, kept current while the receiver lives. Its
-    /// first value is read from the broker.
+    /// first value is read from the broker, unless another subscription
+    /// already watches the queue: a thousand streams on one queue cost one
+    /// read (a missing marker's passive declare costs a channel), not a
+    /// thousand.
     pub async fn watch(&self, queue: &str) -> Result<watch::Receiver<bool>, Error> {
         let (receiver, version) = {
             let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
@@ -123,7 +130,11 @@ impl Control {
             let watched = paused.entry(queue.to_owned()).or_insert_with(|| Watched {
                 paused: watch::Sender::new(false),
                 version: 0,
+                known: false,
             });
+            if watched.known {
+                return Ok(watched.paused.subscribe());
+            }
             (watched.paused.subscribe(), watched.version)
         };
         let now = self.is_paused(queue).await?;
@@ -147,6 +158,7 @@ impl Control {
             if since.is_none() {
                 watched.version += 1;
             }
+            watched.known = true;
             watched
                 .paused
                 .send_if_modified(|p| std::mem::replace(p, value) != value);
