@@ -97,6 +97,28 @@ pub async fn delete(channel: &Channel, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes one mandatory message and waits until the broker stored it
+/// (see [`stored`]).
+pub async fn publish_stored(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> Result<(), String> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            mandatory(),
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    stored(&confirm.await.map_err(|e| e.to_string())?)
+}
+
 /// Whether a confirmation means "stored": acked and not returned.
 pub fn stored(confirmation: &Confirmation) -> Result<(), String> {
     match confirmation {
@@ -125,14 +147,9 @@ pub async fn fill(
         while sent < n && pending.len() < FILL_WINDOW {
             let (channel, body) = (channel.clone(), body.clone());
             let queue = queue.to_owned();
-            pending.push(async move {
-                let confirm = channel
-                    .basic_publish("".into(), queue.into(), mandatory(), &body, persistent())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let confirmation = confirm.await.map_err(|e| e.to_string())?;
-                stored(&confirmation)
-            });
+            pending.push(
+                async move { publish_stored(&channel, "", &queue, &body, persistent()).await },
+            );
             sent += 1;
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -16,7 +16,6 @@ mod publishers;
 mod sizes;
 mod streams;
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -24,6 +23,7 @@ use serde::Serialize;
 
 use crate::cli::Args;
 use crate::procfs;
+use crate::report::{count, errors, markdown, mib, opt};
 use crate::scenarios::Grpc;
 use crate::warren::Warren;
 use crate::{machine, WarrenInfo};
@@ -222,17 +222,7 @@ pub async fn run(
     if let Some(line) = summary(mode, &outcome) {
         println!("{line}");
     }
-    if let Some(exit) = &info.exit {
-        println!("Warren {exit}");
-    }
-    if info.log_problem_lines > 0 {
-        println!(
-            "Warren logged {} warning/error line(s) (in {}), first: {}",
-            info.log_problem_lines,
-            info.log.as_deref().unwrap_or("its log"),
-            info.log_problems.first().map_or("", String::as_str)
-        );
-    }
+    info.print_end();
     if let Some(path) = &args.json {
         let report = serde_json::json!({
             "machine": machine(),
@@ -271,25 +261,19 @@ fn summary(mode: Growth, outcome: &Outcome) -> Option<String> {
     let idle = steps.iter().find(|s| s.phase == "idle")?;
     let largest = steps.iter().rev().find(|s| s.phase == "step")?;
     let after = steps.iter().find(|s| s.phase == "after release");
-    let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let in_mib = |k: Option<u64>| k.map_or("-".into(), |_| format!("{} MiB", mib(k)));
     let item = match mode {
         Growth::Streams => "stream",
         _ => "publisher",
     };
     Some(format!(
         "idle RSS {}; at {} {item}s {} = {} KiB per {item}; after release {}",
-        mib(idle.rss_kib),
+        in_mib(idle.rss_kib),
         largest.count,
-        mib(largest.rss_kib),
-        largest
-            .per_item_kib
-            .map_or("-".into(), |k| format!("{k:.1}")),
-        mib(after.and_then(|a| a.rss_kib)),
+        in_mib(largest.rss_kib),
+        opt(largest.per_item_kib, 1),
+        in_mib(after.and_then(|a| a.rss_kib)),
     ))
-}
-
-fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or("-".into(), |v| v.to_string())
 }
 
 /// The steps as a Markdown table (publishers have no consumers or
@@ -314,34 +298,28 @@ fn steps_table(mode: Growth, steps: &[Step]) -> String {
         head.extend(["consumers", "deliveries", "W µs/delivery"]);
     }
     head.push("errors");
-    let mut s = String::new();
-    let _ = writeln!(s, "| {} |", head.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
-    for r in steps {
+    let rows = steps.iter().map(|r| {
         let mut cells = vec![
             r.phase.to_owned(),
             r.count.to_string(),
             format!("{:.2}", r.open_s),
-            opt(r.rss_kib.map(|k| format!("{:.1}", k as f64 / 1024.0))),
-            opt(r.per_item_kib.map(|k| format!("{k:.1}"))),
-            opt(r.fds),
-            opt(r.threads),
-            opt(r.channels),
+            mib(r.rss_kib),
+            opt(r.per_item_kib, 1),
+            count(r.fds),
+            count(r.threads),
+            count(r.channels),
         ];
         if streams {
             cells.extend([
-                opt(r.consumers),
+                count(r.consumers),
                 r.deliveries.to_string(),
-                opt(r.cpu_us_per_delivery.map(|c| format!("{c:.0}"))),
+                opt(r.cpu_us_per_delivery, 0),
             ]);
         }
-        cells.push(match &r.error {
-            Some(e) => format!("{}: {e}", r.errors),
-            None => r.errors.to_string(),
-        });
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
-    }
-    s
+        cells.push(errors(r.errors, r.error.as_deref()));
+        cells
+    });
+    markdown(&head, rows)
 }
 
 #[cfg(test)]

@@ -88,6 +88,23 @@ pub(crate) struct WarrenInfo {
     log_problems: Vec<String>,
 }
 
+impl WarrenInfo {
+    /// How the Warren under test ended, and the first problem it logged.
+    fn print_end(&self) {
+        if let Some(exit) = &self.exit {
+            println!("Warren {exit}");
+        }
+        if self.log_problem_lines > 0 {
+            println!(
+                "Warren logged {} warning/error line(s) (in {}), first: {}",
+                self.log_problem_lines,
+                self.log.as_deref().unwrap_or("its log"),
+                self.log_problems.first().map_or("", String::as_str)
+            );
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
     machine: serde_json::Value,
@@ -191,17 +208,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         mib(info.rss_after_kib),
         mib(info.hwm_kib)
     );
-    if let Some(exit) = &info.exit {
-        println!("Warren {exit}");
-    }
-    if info.log_problem_lines > 0 {
-        println!(
-            "Warren logged {} warning/error line(s) (in {}), first: {}",
-            info.log_problem_lines,
-            info.log.as_deref().unwrap_or("its log"),
-            info.log_problems.first().map_or("", String::as_str)
-        );
-    }
+    info.print_end();
     for note in &notes {
         println!("note: {note}");
     }

@@ -64,17 +64,8 @@ async fn fill_group(
         let properties = broker::persistent().with_headers(headers);
         let (channel, body, group) = (channel.clone(), body.clone(), s.group.clone());
         pending.push(async move {
-            let confirm = channel
-                .basic_publish(
-                    group.as_str().into(),
-                    partition.to_string().as_str().into(),
-                    broker::mandatory(),
-                    &body,
-                    properties,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            broker::stored(&confirm.await.map_err(|e| e.to_string())?)
+            let key = partition.to_string();
+            broker::publish_stored(&channel, &group, &key, &body, properties).await
         });
         if pending.len() >= 512 {
             if let Some(Err(e)) = pending.next().await {

@@ -92,17 +92,7 @@ pub async fn run(
     if !skipped.is_empty() {
         println!("note: not paced (no paced form): {}", skipped.join(", "));
     }
-    if let Some(exit) = &info.exit {
-        println!("Warren {exit}");
-    }
-    if info.log_problem_lines > 0 {
-        println!(
-            "Warren logged {} warning/error line(s) (in {}), first: {}",
-            info.log_problem_lines,
-            info.log.as_deref().unwrap_or("its log"),
-            info.log_problems.first().map_or("", String::as_str)
-        );
-    }
+    info.print_end();
     if let Some(path) = &args.json {
         let report = serde_json::json!({
             "machine": machine(),

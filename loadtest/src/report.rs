@@ -157,21 +157,47 @@ pub fn set_ratios(rows: &mut [Row]) {
     }
 }
 
-fn ms(us: Option<u64>) -> String {
+/// Microseconds as milliseconds, `-` when not measured.
+pub fn ms(us: Option<u64>) -> String {
     us.map_or("-".into(), |u| format!("{:.3}", u as f64 / 1000.0))
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+/// A figure to `digits` decimals, `-` when not measured.
+pub fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-fn mib(kib: Option<u64>) -> String {
+/// KiB as MiB, `-` when not measured.
+pub fn mib(kib: Option<u64>) -> String {
     kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+/// A count, `-` when not measured.
+pub fn count<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+/// An errors cell: how many, and the first one's text.
+pub fn errors(n: u64, first: Option<&str>) -> String {
+    match first {
+        Some(e) => format!("{n}: {e}"),
+        None => n.to_string(),
+    }
+}
+
+/// A Markdown table of `head` and `rows`.
+pub fn markdown(head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| {} |", head.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
+    for cells in rows {
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+    s
 }
 
 /// The results table, Markdown-compatible.
 pub fn table(rows: &[Row]) -> String {
-    let mut s = String::new();
     let head = [
         "scenario",
         "size",
@@ -192,10 +218,8 @@ pub fn table(rows: &[Row]) -> String {
         "cores",
         "errors",
     ];
-    let _ = writeln!(s, "| {} |", head.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
-    for r in rows {
-        let cells = [
+    let rows = rows.iter().map(|r| {
+        vec![
             r.scenario.name().to_owned(),
             r.size.to_string(),
             r.queue_type.as_str().to_owned(),
@@ -218,10 +242,9 @@ pub fn table(rows: &[Row]) -> String {
             } else {
                 r.errors.to_string()
             },
-        ];
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
-    }
-    s
+        ]
+    });
+    markdown(&head, rows)
 }
 
 /// One of the targets, checked.

@@ -222,15 +222,17 @@ impl Pool {
     /// connections in all (each one's negotiated `channel_max`), or None
     /// while none is up.
     pub fn channel_capacity(&self) -> Option<usize> {
-        let live: Vec<_> = (0..self.slots.len()).filter_map(|i| self.live(i)).collect();
-        (!live.is_empty()).then(|| {
-            live.iter()
-                .map(|c| match c.configuration().channel_max() {
-                    0 => usize::from(u16::MAX),
-                    n => usize::from(n),
-                })
-                .sum()
-        })
+        let mut live = (0..self.slots.len())
+            .filter_map(|i| self.live(i))
+            .peekable();
+        live.peek()?;
+        Some(
+            live.map(|c| match c.configuration().channel_max() {
+                0 => usize::from(u16::MAX), // no limit: the protocol's
+                n => usize::from(n),
+            })
+            .sum(),
+        )
     }
 
     /// Opens a channel in confirm mode.

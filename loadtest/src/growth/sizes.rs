@@ -14,7 +14,6 @@
 //! the next run would find it and grow less, and its "copies" would read
 //! low. An attached Warren (`--warren-url-*`) is used as it is, and says so.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -24,6 +23,7 @@ use crate::broker;
 use crate::cli::Args;
 use crate::harness::Progress;
 use crate::procfs::{self, Meter, RssSampler};
+use crate::report::{errors, markdown, mib, opt};
 use crate::scenarios::{self, Ctx, QueueType, Scenario, Spec, Target};
 use crate::warren::Warren;
 
@@ -210,7 +210,6 @@ async fn one(
 
 /// The runs as a Markdown table.
 pub fn table(runs: &[Run]) -> String {
-    let mut s = String::new();
     let head = [
         "path",
         "size",
@@ -224,15 +223,12 @@ pub fn table(runs: &[Run]) -> String {
         "W µs/msg",
         "errors",
     ];
-    let _ = writeln!(s, "| {} |", head.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
-    let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
-    for r in runs {
+    let rows = runs.iter().map(|r| {
         let grown = r
             .rss_before_kib
             .zip(r.rss_peak_kib)
             .map(|(b, p)| p.saturating_sub(b));
-        let cells = [
+        vec![
             r.path.to_owned(),
             r.size.to_string(),
             r.in_flight.to_string(),
@@ -241,17 +237,12 @@ pub fn table(runs: &[Run]) -> String {
             mib(r.rss_before_kib),
             mib(r.rss_peak_kib),
             mib(grown),
-            r.copies.map_or("-".into(), |c| format!("{c:.2}")),
-            r.warren_cpu_us_per_msg
-                .map_or("-".into(), |c| format!("{c:.0}")),
-            match &r.error {
-                Some(e) => format!("{}: {e}", r.errors),
-                None => r.errors.to_string(),
-            },
-        ];
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
-    }
-    s
+            opt(r.copies, 2),
+            opt(r.warren_cpu_us_per_msg, 0),
+            errors(r.errors, r.error.as_deref()),
+        ]
+    });
+    markdown(&head, rows)
 }
 
 #[cfg(test)]

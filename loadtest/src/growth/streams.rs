@@ -126,7 +126,7 @@ pub async fn run(
             (sampled.errors, sampled.error) = (step.errors, step.error);
             eprintln!(
                 "{n} streams: open in {open_s:.2} s, RSS {} KiB, {deliveries} deliveries",
-                opt(sampled.rss_kib)
+                crate::report::count(sampled.rss_kib)
             );
             let failed = sampled.error.is_some();
             out.push(sampled);
@@ -150,10 +150,6 @@ pub async fn run(
     }
     result?;
     Ok(out)
-}
-
-fn opt(v: Option<u64>) -> String {
-    v.map_or("-".into(), |v| v.to_string())
 }
 
 fn ticks(warren: &Warren) -> Option<u64> {

@@ -261,17 +261,7 @@ async fn subscribe(s: &Setup<'_>) -> anyhow::Result<Measured> {
         let id = due.saturating_duration_since(base).as_nanos().to_string();
         Box::pin(async move {
             let properties = broker::persistent().with_message_id(id.into());
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    broker::mandatory(),
-                    &body,
-                    properties,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            broker::stored(&confirm.await.map_err(|e| e.to_string())?)
+            broker::publish_stored(&channel, "", &queue, &body, properties).await
         })
     });
     let c = s.args.concurrency;

@@ -1,11 +1,10 @@
 //! One row per (scenario, rate) of `--paced`, and their table (the columns
 //! of the scenario table where they mean the same).
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use crate::harness::Outcome;
+use crate::report::{errors, markdown, ms, opt};
 use crate::scenarios::Scenario;
 
 /// One scenario at one rate, through Warren.
@@ -115,17 +114,8 @@ impl Row {
     }
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or("-".into(), |v| format!("{v:.digits$}"))
-}
-
-fn ms(us: Option<u64>) -> String {
-    us.map_or("-".into(), |u| format!("{:.3}", u as f64 / 1000.0))
-}
-
 /// The rows as a Markdown table.
 pub fn table(rows: &[Row]) -> String {
-    let mut s = String::new();
     let head = [
         "scenario",
         "size",
@@ -141,10 +131,8 @@ pub fn table(rows: &[Row]) -> String {
         "W csw/msg",
         "errors",
     ];
-    let _ = writeln!(s, "| {} |", head.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
-    for r in rows {
-        let cells = [
+    let rows = rows.iter().map(|r| {
+        vec![
             r.scenario.name().to_owned(),
             r.size.to_string(),
             r.queue_type.to_owned(),
@@ -157,12 +145,8 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.warren_cpu_s, 2),
             opt(r.warren_cpu_us_per_msg, 0),
             opt(r.warren_ctx_switches_per_msg, 2),
-            match &r.error {
-                Some(e) => format!("{}: {e}", r.errors),
-                None => r.errors.to_string(),
-            },
-        ];
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
-    }
-    s
+            errors(r.errors, r.error.as_deref()),
+        ]
+    });
+    markdown(&head, rows)
 }

@@ -45,18 +45,7 @@ fn request(spec: &Spec, request_id: String) -> PublishRequest {
 
 /// Publishes one persistent, mandatory message and waits for its confirm.
 pub async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8]) -> Result<(), String> {
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            broker::mandatory(),
-            body,
-            broker::persistent(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let confirmation = confirm.await.map_err(|e| e.to_string())?;
-    broker::stored(&confirmation)
+    broker::publish_stored(channel, "", queue, body, broker::persistent()).await
 }
 
 /// `PublishStream` with `--window` outstanding.

@@ -176,18 +176,7 @@ impl RpcChannel {
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(id.as_str().into());
         let result = async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    broker::mandatory(),
-                    body,
-                    properties,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            broker::stored(&confirm.await.map_err(|e| e.to_string())?)?;
+            broker::publish_stored(&self.channel, "", queue, body, properties).await?;
             match tokio::time::timeout(CALL_TIMEOUT, rx).await {
                 Ok(Ok(n)) if n == body.len() => Ok(()),
                 Ok(Ok(n)) => Err(format!("reply of {n} bytes to a request of {}", body.len())),
