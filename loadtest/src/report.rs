@@ -86,7 +86,7 @@ impl Row {
             .and_then(|o| o.latency.clone())
             .filter(|h| !h.is_empty());
         let q = |p: f64| latency.as_ref().map(|h| h.value_at_quantile(p));
-        let is_warren = matches!(info.target, Target::Warren | Target::WarrenStreaming);
+        let is_warren = info.target.is_warren();
         let warren_cpu_s = meter.cpu[0].filter(|_| is_warren);
         Self {
             scenario: info.scenario,

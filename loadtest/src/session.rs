@@ -107,7 +107,7 @@ async fn run_quietly(
         if let Some(load) = procfs::wait_quiet(&[warren_pid, broker_pid, me], 0.2, max_wait).await {
             eprintln!("\r\x1b[2Knote: the machine is still busy ({load:.2} cores of other work): running anyway");
         }
-        if let Some(pid) = warren_pid.filter(|&p| target == Target::Warren && !procfs::alive(p)) {
+        if let Some(pid) = warren_pid.filter(|&p| target.is_warren() && !procfs::alive(p)) {
             let info = RunInfo {
                 scenario,
                 target,

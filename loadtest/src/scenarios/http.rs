@@ -2,6 +2,8 @@
 //!
 //! - Warren: `POST /v1/publish/amq.default/<queue>` with the raw body,
 //!   `--concurrency` callers over a pool of as many connections.
+//! - Warren's JSON envelope: `POST /v1/publish` with
+//!   `{"routing_key": <queue>, "body_base64": ...}`, the same way.
 //! - mgmt-api: RabbitMQ's management API publish endpoint
 //!   (`POST /api/exchanges/%2F/amq.default/publish`, JSON, base64 payload,
 //!   basic auth), the same way. It answers `{"routed": true}` once routed.
@@ -33,15 +35,44 @@ pub async fn warren(
     meter: &mut Meter,
     progress: &crate::harness::Progress,
 ) -> anyhow::Result<Outcome> {
-    let c = ctx.args.concurrency;
-    let client = client(c)?;
     let url = format!("{}/v1/publish/amq.default/{}", ctx.warren_http, spec.queue);
     let body = spec.body.clone();
+    post_to_warren(ctx, meter, progress, url, "application/octet-stream", body).await
+}
+
+/// Warren's JSON envelope publish endpoint (the default exchange).
+pub async fn warren_json(
+    ctx: &Ctx,
+    spec: &Spec,
+    meter: &mut Meter,
+    progress: &crate::harness::Progress,
+) -> anyhow::Result<Outcome> {
+    let url = format!("{}/v1/publish", ctx.warren_http);
+    let json = serde_json::json!({
+        "routing_key": spec.queue,
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&spec.body),
+    });
+    let json = Bytes::from(serde_json::to_vec(&json)?);
+    post_to_warren(ctx, meter, progress, url, "application/json", json).await
+}
+
+/// `--concurrency` callers POSTing `body` to Warren's `url` (with the
+/// `--token`, if any), each answer 200 or an error.
+async fn post_to_warren(
+    ctx: &Ctx,
+    meter: &mut Meter,
+    progress: &crate::harness::Progress,
+    url: String,
+    content_type: &'static str,
+    body: Bytes,
+) -> anyhow::Result<Outcome> {
+    let c = ctx.args.concurrency;
+    let client = client(c)?;
     let token = ctx.args.token.clone();
     let call = op(move |_| {
         let mut request = client
             .post(&url)
-            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_TYPE, content_type)
             .body(body.clone());
         if let Some(token) = &token {
             request = request.bearer_auth(token);

@@ -62,7 +62,12 @@ impl Scenario {
     /// What it is compared on: the direct client first (the baseline).
     pub fn targets(self) -> &'static [Target] {
         match self {
-            Scenario::PublishHttp => &[Target::Direct, Target::Warren, Target::MgmtApi],
+            Scenario::PublishHttp => &[
+                Target::Direct,
+                Target::Warren,
+                Target::WarrenJson,
+                Target::MgmtApi,
+            ],
             Scenario::Subscribe => &[Target::Direct, Target::Warren, Target::WarrenStreaming],
             _ => &[Target::Direct, Target::Warren],
         }
@@ -81,6 +86,8 @@ pub enum Target {
     MgmtApi,
     /// Warren's StreamingSubscribe, acks in the stream (subscribe only).
     WarrenStreaming,
+    /// Warren's JSON envelope publish, `POST /v1/publish` (publish-http only).
+    WarrenJson,
 }
 
 impl Target {
@@ -91,7 +98,16 @@ impl Target {
             Target::Direct => "direct",
             Target::MgmtApi => "mgmt-api",
             Target::WarrenStreaming => "warren-streaming",
+            Target::WarrenJson => "warren-json",
         }
+    }
+
+    /// Whether Warren does the work (its CPU and RSS are measured).
+    pub fn is_warren(self) -> bool {
+        matches!(
+            self,
+            Target::Warren | Target::WarrenStreaming | Target::WarrenJson
+        )
     }
 }
 
@@ -207,6 +223,9 @@ pub async fn run(
             publish::direct_unary(ctx, spec, meter, progress, c, publish::DIRECT_CHANNELS).await
         }
         (Scenario::PublishHttp, Target::Warren) => http::warren(ctx, spec, meter, progress).await,
+        (Scenario::PublishHttp, Target::WarrenJson) => {
+            http::warren_json(ctx, spec, meter, progress).await
+        }
         (Scenario::PublishHttp, Target::MgmtApi) => http::mgmt(ctx, spec, meter, progress).await,
         (Scenario::Subscribe, Target::Warren) => {
             subscribe::warren(ctx, spec, meter, progress).await
