@@ -4,6 +4,10 @@
 //!   `--concurrency` callers over a pool of as many connections.
 //! - Warren's JSON envelope: `POST /v1/publish` with
 //!   `{"routing_key": <queue>, "body_base64": ...}`, the same way.
+//! - Warren's batches: `POST /v1/publish/batch`, NDJSON of [`BATCH`] such
+//!   objects, from `--concurrency` / 16 callers (at least one); a message
+//!   counts once its entry's result says confirmed (`"code":0`), and the
+//!   latency is the batch's.
 //! - mgmt-api: RabbitMQ's management API publish endpoint
 //!   (`POST /api/exchanges/%2F/amq.default/publish`, JSON, base64 payload,
 //!   basic auth), the same way. It answers `{"routed": true}` once routed.
@@ -15,8 +19,8 @@ use bytes::Bytes;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 
-use super::{closed_loop_phases, op, Ctx, Spec};
-use crate::harness::Outcome;
+use super::{check_warmup, closed_loop_phases, op, Ctx, Spec};
+use crate::harness::{record, Budget, Outcome};
 use crate::procfs::Meter;
 
 /// A client with a keep-alive pool of `connections`.
@@ -54,6 +58,132 @@ pub async fn warren_json(
     });
     let json = Bytes::from(serde_json::to_vec(&json)?);
     post_to_warren(ctx, meter, progress, url, "application/json", json).await
+}
+
+/// Entries per `warren-batch` request.
+pub const BATCH: usize = 100;
+
+/// Warren's batch publish endpoint: NDJSON batches of up to [`BATCH`].
+pub async fn warren_batch(
+    ctx: &Ctx,
+    spec: &Spec,
+    meter: &mut Meter,
+    progress: &crate::harness::Progress,
+) -> anyhow::Result<Outcome> {
+    let callers = (ctx.args.concurrency / 16).max(1);
+    let client = client(callers)?;
+    let url = format!("{}/v1/publish/batch", ctx.warren_http);
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "routing_key": spec.queue,
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&spec.body),
+    }))?;
+    line.push(b'\n');
+    let batches = Batches {
+        client,
+        url,
+        line: Bytes::from(line),
+        token: ctx.args.token.clone(),
+    };
+    let warmup = ctx.args.warmup();
+    if warmup > 0 {
+        let budget = Budget::new(warmup, ctx.args.duration());
+        check_warmup(&batches.run(callers, budget, progress).await)?;
+    }
+    progress.reset();
+    meter.start();
+    let budget = Budget::new(ctx.args.messages, ctx.args.duration());
+    let out = batches.run(callers, budget, progress).await;
+    meter.stop();
+    Ok(out)
+}
+
+/// What the batch callers share.
+#[derive(Clone)]
+struct Batches {
+    client: reqwest::Client,
+    url: String,
+    /// One NDJSON entry, newline included.
+    line: Bytes,
+    token: Option<String>,
+}
+
+impl Batches {
+    /// `callers` posting batches until `budget` is spent.
+    async fn run(
+        &self,
+        callers: usize,
+        budget: std::sync::Arc<Budget>,
+        progress: &crate::harness::Progress,
+    ) -> Outcome {
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let (me, budget, counter) = (self.clone(), budget.clone(), progress.counter());
+                tokio::spawn(async move {
+                    let mut mine = Outcome::new(true);
+                    let hard = tokio::time::Instant::from_std(budget.hard_deadline());
+                    loop {
+                        let n = (0..BATCH).take_while(|_| budget.take().is_some()).count();
+                        if n == 0 {
+                            break;
+                        }
+                        let started = std::time::Instant::now();
+                        match tokio::time::timeout_at(hard, me.post(n)).await {
+                            Ok(Ok(confirmed)) => {
+                                mine.ok += confirmed;
+                                for _ in confirmed..n as u64 {
+                                    mine.error("an entry was not confirmed");
+                                }
+                                record(mine.latency.as_mut().expect("with latency"), started);
+                            }
+                            Ok(Err(e)) => (0..n).for_each(|_| mine.error(&e)),
+                            Err(_) => {
+                                mine.error("no answer before the hard deadline");
+                                break;
+                            }
+                        }
+                        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut total = Outcome::new(true);
+        for task in tasks {
+            match task.await {
+                Ok(mine) => total.merge(mine),
+                Err(e) => total.error(format!("a caller panicked: {e}")),
+            }
+        }
+        total
+    }
+
+    /// One batch of `n` entries; how many the answer says were confirmed.
+    async fn post(&self, n: usize) -> Result<u64, String> {
+        let body = self.line.repeat(n);
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let answer = response.bytes().await.map_err(|e| e.to_string())?;
+        if status != StatusCode::OK {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&answer)));
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+        let results = answer["results"]
+            .as_array()
+            .ok_or("no results in the answer")?;
+        if results.len() != n {
+            return Err(format!("{} results for {n} entries", results.len()));
+        }
+        Ok(results.iter().filter(|r| r["code"] == 0).count() as u64)
+    }
 }
 
 /// `--concurrency` callers POSTing `body` to Warren's `url` (with the

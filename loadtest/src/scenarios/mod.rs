@@ -66,6 +66,7 @@ impl Scenario {
                 Target::Direct,
                 Target::Warren,
                 Target::WarrenJson,
+                Target::WarrenBatch,
                 Target::MgmtApi,
             ],
             Scenario::Subscribe => &[Target::Direct, Target::Warren, Target::WarrenStreaming],
@@ -88,6 +89,8 @@ pub enum Target {
     WarrenStreaming,
     /// Warren's JSON envelope publish, `POST /v1/publish` (publish-http only).
     WarrenJson,
+    /// Warren's batch publish, `POST /v1/publish/batch` (publish-http only).
+    WarrenBatch,
 }
 
 impl Target {
@@ -99,6 +102,7 @@ impl Target {
             Target::MgmtApi => "mgmt-api",
             Target::WarrenStreaming => "warren-streaming",
             Target::WarrenJson => "warren-json",
+            Target::WarrenBatch => "warren-batch",
         }
     }
 
@@ -106,7 +110,7 @@ impl Target {
     pub fn is_warren(self) -> bool {
         matches!(
             self,
-            Target::Warren | Target::WarrenStreaming | Target::WarrenJson
+            Target::Warren | Target::WarrenStreaming | Target::WarrenJson | Target::WarrenBatch
         )
     }
 }
@@ -225,6 +229,9 @@ pub async fn run(
         (Scenario::PublishHttp, Target::Warren) => http::warren(ctx, spec, meter, progress).await,
         (Scenario::PublishHttp, Target::WarrenJson) => {
             http::warren_json(ctx, spec, meter, progress).await
+        }
+        (Scenario::PublishHttp, Target::WarrenBatch) => {
+            http::warren_batch(ctx, spec, meter, progress).await
         }
         (Scenario::PublishHttp, Target::MgmtApi) => http::mgmt(ctx, spec, meter, progress).await,
         (Scenario::Subscribe, Target::Warren) => {
