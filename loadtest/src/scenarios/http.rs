@@ -19,7 +19,7 @@ use bytes::Bytes;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 
-use super::{check_warmup, closed_loop_phases, op, Ctx, Spec};
+use super::{closed_loop_phases, op, phases, Ctx, Spec};
 use crate::harness::{record, Budget, Outcome};
 use crate::procfs::Meter;
 
@@ -52,12 +52,17 @@ pub async fn warren_json(
     progress: &crate::harness::Progress,
 ) -> anyhow::Result<Outcome> {
     let url = format!("{}/v1/publish", ctx.warren_http);
-    let json = serde_json::json!({
+    let json = Bytes::from(envelope(spec)?);
+    post_to_warren(ctx, meter, progress, url, "application/json", json).await
+}
+
+/// The JSON publish object of `spec`'s message, to its queue through the
+/// default exchange (`POST /v1/publish`, and each entry of a batch).
+fn envelope(spec: &Spec) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::json!({
         "routing_key": spec.queue,
         "body_base64": base64::engine::general_purpose::STANDARD.encode(&spec.body),
-    });
-    let json = Bytes::from(serde_json::to_vec(&json)?);
-    post_to_warren(ctx, meter, progress, url, "application/json", json).await
+    }))
 }
 
 /// Entries per `warren-batch` request.
@@ -71,30 +76,19 @@ pub async fn warren_batch(
     progress: &crate::harness::Progress,
 ) -> anyhow::Result<Outcome> {
     let callers = (ctx.args.concurrency / 16).max(1);
-    let client = client(callers)?;
-    let url = format!("{}/v1/publish/batch", ctx.warren_http);
-    let mut line = serde_json::to_vec(&serde_json::json!({
-        "routing_key": spec.queue,
-        "body_base64": base64::engine::general_purpose::STANDARD.encode(&spec.body),
-    }))?;
+    let mut line = envelope(spec)?;
     line.push(b'\n');
     let batches = Batches {
-        client,
-        url,
+        client: client(callers)?,
+        url: format!("{}/v1/publish/batch", ctx.warren_http),
+        full: Bytes::from(line.repeat(BATCH)),
         line: Bytes::from(line),
         token: ctx.args.token.clone(),
     };
-    let warmup = ctx.args.warmup();
-    if warmup > 0 {
-        let budget = Budget::new(warmup, ctx.args.duration());
-        check_warmup(&batches.run(callers, budget, progress).await)?;
-    }
-    progress.reset();
-    meter.start();
-    let budget = Budget::new(ctx.args.messages, ctx.args.duration());
-    let out = batches.run(callers, budget, progress).await;
-    meter.stop();
-    Ok(out)
+    phases(ctx, meter, progress, |budget| {
+        batches.run(callers, budget, progress)
+    })
+    .await
 }
 
 /// What the batch callers share.
@@ -104,6 +98,8 @@ struct Batches {
     url: String,
     /// One NDJSON entry, newline included.
     line: Bytes,
+    /// [`BATCH`] of them: every batch but a budget's last.
+    full: Bytes,
     token: Option<String>,
 }
 
@@ -159,21 +155,17 @@ impl Batches {
 
     /// One batch of `n` entries; how many the answer says were confirmed.
     async fn post(&self, n: usize) -> Result<u64, String> {
-        let body = self.line.repeat(n);
-        let mut request = self
+        let body = if n == BATCH {
+            self.full.clone()
+        } else {
+            Bytes::from(self.line.repeat(n))
+        };
+        let request = self
             .client
             .post(&self.url)
             .header(CONTENT_TYPE, "application/x-ndjson")
             .body(body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let answer = response.bytes().await.map_err(|e| e.to_string())?;
-        if status != StatusCode::OK {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&answer)));
-        }
+        let answer = send(request, self.token.as_deref()).await?;
         let answer: serde_json::Value =
             serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
         let results = answer["results"]
@@ -186,8 +178,8 @@ impl Batches {
     }
 }
 
-/// `--concurrency` callers POSTing `body` to Warren's `url` (with the
-/// `--token`, if any), each answer 200 or an error.
+/// `--concurrency` callers POSTing `body` to Warren's `url`, each answer
+/// 200 or an error.
 async fn post_to_warren(
     ctx: &Ctx,
     meter: &mut Meter,
@@ -200,25 +192,30 @@ async fn post_to_warren(
     let client = client(c)?;
     let token = ctx.args.token.clone();
     let call = op(move |_| {
-        let mut request = client
+        let request = client
             .post(&url)
             .header(CONTENT_TYPE, content_type)
             .body(body.clone());
-        if let Some(token) = &token {
-            request = request.bearer_auth(token);
-        }
-        async move {
-            let response = request.send().await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            // Read the answer whole so the connection goes back to the pool.
-            let answer = response.bytes().await.map_err(|e| e.to_string())?;
-            if status != StatusCode::OK {
-                return Err(format!("{status}: {}", String::from_utf8_lossy(&answer)));
-            }
-            Ok(())
-        }
+        let token = token.clone();
+        async move { send(request, token.as_deref()).await.map(drop) }
     });
     closed_loop_phases(ctx, meter, progress, c, call).await
+}
+
+/// Sends `request` with the `--token` as a bearer, if any, and reads the
+/// answer whole (so the connection goes back to the pool): its body if
+/// 200, else the status and body as the error.
+async fn send(mut request: reqwest::RequestBuilder, token: Option<&str>) -> Result<Bytes, String> {
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let answer = response.bytes().await.map_err(|e| e.to_string())?;
+    if status != StatusCode::OK {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&answer)));
+    }
+    Ok(answer)
 }
 
 /// The management API's publish endpoint.
@@ -250,13 +247,8 @@ pub async fn mgmt(
             .header(CONTENT_TYPE, "application/json")
             .body(json.clone());
         async move {
-            let response = request.send().await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let answer = response.bytes().await.map_err(|e| e.to_string())?;
+            let answer = send(request, None).await?;
             let answer = String::from_utf8_lossy(&answer);
-            if status != StatusCode::OK {
-                return Err(format!("{status}: {answer}"));
-            }
             if !answer.replace(' ', "").contains("\"routed\":true") {
                 return Err(format!("not routed: {answer}"));
             }

@@ -263,16 +263,31 @@ pub async fn closed_loop_phases(
     workers: usize,
     op: Op,
 ) -> anyhow::Result<Outcome> {
+    phases(ctx, meter, progress, |budget| {
+        closed_loop(workers, budget, progress.counter(), op.clone())
+    })
+    .await
+}
+
+/// A warm-up of `run` (when `--warmup` asks for one), then `run` measured
+/// between `meter.start()` and `meter.stop()`, each with its own budget.
+pub async fn phases<F, Fut>(
+    ctx: &Ctx,
+    meter: &mut Meter,
+    progress: &Progress,
+    run: F,
+) -> anyhow::Result<Outcome>
+where
+    F: Fn(Arc<Budget>) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
     let warmup = ctx.args.warmup();
     if warmup > 0 {
-        let budget = Budget::new(warmup, ctx.args.duration());
-        let warm = closed_loop(workers, budget, progress.counter(), op.clone()).await;
-        check_warmup(&warm)?;
+        check_warmup(&run(Budget::new(warmup, ctx.args.duration())).await)?;
     }
     progress.reset();
     meter.start();
-    let budget = Budget::new(ctx.args.messages, ctx.args.duration());
-    let out = closed_loop(workers, budget, progress.counter(), op).await;
+    let out = run(Budget::new(ctx.args.messages, ctx.args.duration())).await;
     meter.stop();
     Ok(out)
 }
