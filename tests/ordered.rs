@@ -280,6 +280,58 @@ async fn blocked_keys_are_retried_corrected_or_skipped() {
     cleanup(&group, 1, 32).await;
 }
 
+/// Operators list the blocked keys while one is released: a listing takes
+/// each slot's held message for a moment (the released one has a single
+/// copy), and the key's waiting messages must still come after it.
+#[tokio::test]
+async fn a_released_key_keeps_its_order_while_operators_list() {
+    let (warren, group) = with_group(1, "").await;
+    let mut client = warren.grpc().await;
+    let listing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lister = tokio::spawn({
+        let (url, listing) = (
+            warren.url(&format!("/v1/ordered/{group}/blocked")),
+            listing.clone(),
+        );
+        async move {
+            let http = reqwest::Client::new();
+            while listing.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http.get(&url).send().await.map(|r| r.bytes());
+            }
+        }
+    });
+    let mut stream = subscribe_with(&mut client, on(&group, 10)).await;
+    let retry = warren.url(&format!("/v1/ordered/{group}/blocked/k/retry"));
+    for round in 0..15 {
+        let (first, second) = (format!("r{round}-0"), format!("r{round}-1"));
+        publish_keyed(&mut client, &group, "k", &first).await;
+        publish_keyed(&mut client, &group, "k", &second).await;
+        let d = next(&mut stream).await;
+        assert_eq!(body(&d), first);
+        nack(&mut client, &d, false, 0).await;
+        // Blocked: retried (corrected) once the listing shows it.
+        let fixed = format!("{first}-fixed");
+        loop {
+            let (status, answer) =
+                post_json(&retry, Some(json!({"message": {"body": fixed}}))).await;
+            match status {
+                200 => break,
+                404 => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => panic!("retry: {status} {answer}"),
+            }
+        }
+        for expected in [&fixed, &second] {
+            let d = next(&mut stream).await;
+            assert_eq!(&body(&d), expected, "round {round}");
+            ack(&mut client, &d).await;
+        }
+    }
+    listing.store(false, std::sync::atomic::Ordering::Relaxed);
+    lister.await.unwrap();
+    warren.stop().await;
+    cleanup(&group, 1, 32).await;
+}
+
 /// One key with 1,000 messages ahead of 50 keys with 10 each, in one
 /// partition: the busy key is taken aside, so the other keys finish while
 /// it has gone through only a small part of its messages.

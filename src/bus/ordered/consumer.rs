@@ -286,7 +286,10 @@ impl Task {
                 Event::Arrived(p, _, Some(Ok(d))) => self.arrived(p, d).await,
                 Event::Arrived(_, _, Some(Err(e))) => Err(amqp::classify(e)),
                 Event::Nudge => match self.nudge(false).await {
-                    Ok(()) => self.balance().await,
+                    Ok(()) => match self.reload_all().await {
+                        Ok(()) => self.balance().await,
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 },
                 Event::Arrived(p, _, None) => Err(Error::unavailable(format!(

@@ -158,22 +158,27 @@ impl Task {
                 }
                 None => (self.get(p, &wait).await?, false),
             };
-            if let Some(m) = peeked {
+            let Some(m) = peeked else { continue };
+            let name = header(&m.properties, KEY_HEADER).unwrap_or_default();
+            if header(&m.properties, RELEASED_HEADER).is_some() {
+                // Kept to be the key's head: given back, it could be out of
+                // sight (a listing holding it) when the key looks again.
+                found.push((slot, name, false, Some(m)));
+            } else {
                 self.nack(p, m.delivery_tag, true).await?;
-                let name = header(&m.properties, KEY_HEADER).unwrap_or_default();
-                found.push((slot, name, blocked));
+                found.push((slot, name, blocked, None));
             }
         }
         let part = &mut self.parts[p as usize];
         part.loaded = true;
         let mut resume = Vec::new();
-        for (slot, name, blocked) in found {
+        for (slot, name, blocked, released) in found {
             part.slots[slot] = Some(name.clone());
             let key = part.keys.entry(name.clone()).or_default();
             key.slot = Some(slot);
             key.blocked = blocked;
             if !blocked {
-                resume.push(name);
+                resume.push((name, released));
             }
         }
         if !resume.is_empty() || part.slots.iter().any(Option::is_some) {
@@ -184,8 +189,8 @@ impl Task {
                 "serving a partition with keys aside"
             );
         }
-        for name in resume {
-            self.advance(p, &name).await?;
+        for (name, released) in resume {
+            self.advance_from(p, &name, released).await?;
         }
         self.take_over(p).await?;
         Ok(())
@@ -207,26 +212,38 @@ impl Task {
             .collect();
         for (slot, name) in blocked {
             let held = self.s.group.held(p, slot);
-            let still_blocked = match self.get(p, &held).await? {
+            let released = match self.get(p, &held).await? {
+                Some(m) if header(&m.properties, RELEASED_HEADER).is_some() => m,
                 Some(m) => {
                     self.nack(p, m.delivery_tag, true).await?;
-                    header(&m.properties, RELEASED_HEADER).is_none()
+                    continue;
                 }
-                // Someone is looking at it: still blocked.
-                None => true,
+                // Someone is looking at it: still blocked (looked at again
+                // on the next nudge).
+                None => continue,
             };
-            if !still_blocked {
-                info!(
-                    group = self.s.group.name(),
-                    partition = p,
-                    slot,
-                    "a blocked key was released"
-                );
-                if let Some(key) = self.parts[p as usize].keys.get_mut(&name) {
-                    key.blocked = false;
-                }
-                self.advance(p, &name).await?;
+            info!(
+                group = self.s.group.name(),
+                partition = p,
+                slot,
+                "a blocked key was released"
+            );
+            if let Some(key) = self.parts[p as usize].keys.get_mut(&name) {
+                key.blocked = false;
             }
+            // The released message goes on as the key's head as it is:
+            // given back and read again, a listing could hold it just then,
+            // and the key's waiting messages would overtake it.
+            self.advance_from(p, &name, Some(released)).await?;
+        }
+        Ok(())
+    }
+
+    /// Every served partition's blocked keys looked at again (a release
+    /// whose nudge came while someone held the message in sight).
+    pub(super) async fn reload_all(&mut self) -> Result<(), Error> {
+        for p in 0..self.parts.len() as u32 {
+            self.reload(p).await?;
         }
         Ok(())
     }
@@ -250,6 +267,29 @@ impl Task {
     /// The key's head was settled (or released): its next message becomes
     /// the head, from the slot when it holds one, else from the partition.
     pub(super) async fn advance(&mut self, p: u32, name: &str) -> Result<(), Error> {
+        self.advance_from(p, name, None).await
+    }
+
+    /// [`Self::advance`], with the slot's held message already taken
+    /// (`held`: a released one the caller just read); given back if the
+    /// key cannot go on now.
+    async fn advance_from(
+        &mut self,
+        p: u32,
+        name: &str,
+        held: Option<AmqpDelivery>,
+    ) -> Result<(), Error> {
+        let goes_on = !self.paused()
+            && self.parts[p as usize]
+                .keys
+                .get(name)
+                .is_some_and(|k| k.current.is_none() && !k.blocked && k.slot.is_some());
+        if !goes_on {
+            if let Some(m) = held {
+                self.nack(p, m.delivery_tag, true).await?;
+                return Ok(()); // read again when the key goes on
+            }
+        }
         if self.paused() {
             return Ok(()); // `advance_all` runs on resume
         }
@@ -281,8 +321,12 @@ impl Task {
             }
             return Ok(());
         };
-        let (held, wait) = (self.s.group.held(p, slot), self.s.group.wait(p, slot));
-        let next = match self.get(p, &held).await? {
+        let (held_queue, wait) = (self.s.group.held(p, slot), self.s.group.wait(p, slot));
+        let head = match held {
+            Some(m) => Some(m),
+            None => self.get(p, &held_queue).await?,
+        };
+        let next = match head {
             Some(m) if header(&m.properties, RELEASED_HEADER).as_deref() == Some("skip") => {
                 // The held message was skipped: on with the waiting ones.
                 self.ack(p, Source::Held(m.delivery_tag)).await?;

@@ -27,6 +27,11 @@ use crate::bus::Bus;
 use crate::error::Error;
 use crate::message::{Message, RESERVED_PREFIX};
 
+/// How often, and how far apart, a release looks for the held message's
+/// second copy before it goes on with one.
+const TWIN_LOOKS: u32 = 10;
+const TWIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A blocked key as operators see it.
 #[derive(Debug, Clone)]
 pub struct Blocked {
@@ -171,7 +176,9 @@ impl Bus {
                 }
                 continue;
             }
-            // The second copy stays in sight until the release is queued.
+            // Both copies taken before the release is queued: one left
+            // behind would stay ahead of it and keep the key blocked.
+            let second = self.take_twin(channel, &held).await?;
             let body = first.delivery.data.clone();
             let released = match how {
                 Release::Retry(patch) => {
@@ -205,23 +212,29 @@ impl Bus {
                 }
             };
             self.retrier.publish(&held, released.0, released.1).await?;
-            let second = self.take(channel, &held).await?;
-            let ack = BasicAckOptions { multiple: true };
             let last = second
                 .as_ref()
                 .map_or(first.delivery.delivery_tag, |s| s.delivery.delivery_tag);
-            if let Some(second) = &second {
-                if header(&second.delivery.properties, RELEASED_HEADER).is_some() {
-                    // Not a copy (only one was there): leave it.
-                    self.give_back(channel, second).await?;
-                    return self
-                        .ack_got(channel, first.delivery.delivery_tag, false)
-                        .await;
-                }
-            }
-            return self.ack_got(channel, last, ack.multiple).await;
+            return self.ack_got(channel, last, true).await;
         }
         Err(not_blocked())
+    }
+
+    /// The held message's second copy. A listing may hold it for a moment
+    /// (it takes and gives back), so it is looked for a few times before
+    /// taking it that there is only one.
+    async fn take_twin(
+        &self,
+        channel: &Channel,
+        held: &str,
+    ) -> Result<Option<BasicGetMessage>, Error> {
+        for _ in 0..TWIN_LOOKS {
+            if let Some(twin) = self.take(channel, held).await? {
+                return Ok(Some(twin));
+            }
+            tokio::time::sleep(TWIN_PAUSE).await;
+        }
+        Ok(None)
     }
 
     async fn take(&self, channel: &Channel, queue: &str) -> Result<Option<BasicGetMessage>, Error> {
