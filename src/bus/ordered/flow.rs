@@ -279,28 +279,23 @@ impl Task {
         name: &str,
         held: Option<AmqpDelivery>,
     ) -> Result<(), Error> {
+        // Paused (`advance_all` runs on resume), gone, busy or blocked: the
+        // key does not go on now, and a taken held message goes back (read
+        // again when it does).
         let goes_on = !self.paused()
             && self.parts[p as usize]
                 .keys
                 .get(name)
-                .is_some_and(|k| k.current.is_none() && !k.blocked && k.slot.is_some());
+                .is_some_and(|k| k.current.is_none() && !k.blocked);
         if !goes_on {
             if let Some(m) = held {
                 self.nack(p, m.delivery_tag, true).await?;
-                return Ok(()); // read again when the key goes on
             }
-        }
-        if self.paused() {
-            return Ok(()); // `advance_all` runs on resume
+            return Ok(());
         }
         let busy_at = self.busy_at();
         let part = &mut self.parts[p as usize];
-        let Some(key) = part.keys.get_mut(name) else {
-            return Ok(());
-        };
-        if key.current.is_some() || key.blocked {
-            return Ok(());
-        }
+        let key = part.keys.get_mut(name).expect("known: checked above");
         if key.slot.is_none()
             && key.pending.len() >= busy_at
             && part.free_slots() > part.slots.len() / 2
@@ -318,6 +313,10 @@ impl Task {
                 None => {
                     part.keys.remove(name);
                 }
+            }
+            // (A held message comes only with a key in a slot.)
+            if let Some(m) = held {
+                self.nack(p, m.delivery_tag, true).await?;
             }
             return Ok(());
         };
